@@ -1,0 +1,123 @@
+"""Search space: the ranges a study samples distillation, pruning and quantization from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from search.config.loader import load_model
+from search.config.profile import BITS_TO_PRECISION, DeviceProfile
+from search.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FloatRange(_Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class TrainBudget(_Strict):
+    """How long one distillation runs: exactly one of epochs or steps."""
+
+    epochs: float | None = Field(None, gt=0, le=1000)
+    steps: int | None = Field(None, gt=0, le=10_000_000)
+    max_samples: int | None = Field(None, gt=0, description="train on at most this many samples")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TrainBudget:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give exactly one of epochs or steps")
+        return self
+
+
+class Distillation(_Strict):
+    temperature: FloatRange = FloatRange(low=1.0, high=8.0, log=True)
+    alpha: FloatRange = FloatRange(low=0.0, high=0.7)
+    budget: TrainBudget = TrainBudget(epochs=1, max_samples=20_000)
+    refine: TrainBudget = TrainBudget(epochs=3)
+    lr: float = Field(3e-3, gt=0, le=10)
+    batch_size: int = Field(128, ge=1, le=65_536)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Distillation:
+        if self.temperature.low <= 0:
+            raise ValueError("temperature.low must be > 0")
+        if not (0 <= self.alpha.low and self.alpha.high <= 1):
+            raise ValueError("alpha must lie within [0, 1]")
+        return self
+
+
+class Pruning(_Strict):
+    ratios: tuple[float, ...] = Field((0.0, 0.25, 0.5), min_length=1)
+    granularity: Literal["layer", "block"] = "block"
+    importance: Literal["l1", "l2", "taylor", "lamp"] = "l2"
+    never_prune: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _ratio_range(self) -> Pruning:
+        for r in self.ratios:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"every ratio must lie in [0, 1) (got {r})")
+        return self
+
+
+class Calibration(_Strict):
+    samples: int = Field(256, ge=1, le=1_000_000)
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+
+
+class Quantization(_Strict):
+    bits: tuple[Literal[32, 16, 8, 4], ...] = Field((32, 8), min_length=1)
+    calibration: Calibration = Calibration()
+    per_channel: bool = True
+    fp16: bool = Field(False, description="also try whole-model fp16 when the profile lists it")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Quantization:
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError("bits lists a value twice")
+        return self
+
+
+class Accuracy(_Strict):
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_drop: float | None = Field(None, ge=0, le=1, description="allowed drop vs the teacher")
+
+
+class SearchSpace(_Strict):
+    name: str = Field("space", min_length=1, max_length=100)
+    description: str = ""
+    distillation: Distillation = Distillation()
+    pruning: Pruning = Pruning()
+    quantization: Quantization = Quantization()
+    accuracy: Accuracy = Accuracy()
+
+    def bits_for(self, profile: DeviceProfile, source: str = "space") -> tuple[int, ...]:
+        """Bit choices the device can run; an error when the space asks for one it cannot."""
+        allowed = profile.bits()
+        bad = [b for b in self.quantization.bits if b not in allowed]
+        if bad:
+            raise ConfigError(
+                f"{source}: quantization.bits: {bad[0]} needs precision "
+                f"{BITS_TO_PRECISION[bad[0]]}, which profile '{profile.name}' cannot run "
+                f"(allowed bits: {', '.join(map(str, allowed))})"
+            )
+        return self.quantization.bits
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    return load_model(SearchSpace, path)

@@ -1,0 +1,43 @@
+"""The Task contract: what to compress and the data to judge it on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch stays a lazy import so `hwsearch --help` is fast
+    from torch import nn
+    from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a deployer feeds the exported model (normalisation is baked into the graph)."""
+
+    name: str = "input"
+    dtype: str = "float32"
+    value_range: tuple[float, float] = (0.0, 1.0)
+    normalisation: str = "none: raw pixels scaled to [0, 1]; mean/std are inside the graph"
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A trained teacher plus train/val data; `input_shape` is one sample without the batch."""
+
+    name: str
+    teacher: nn.Module
+    train: Dataset
+    val: Dataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    input_spec: InputSpec = field(default_factory=InputSpec)
+    description: str = ""
+    # Filled by built-ins: how the teacher was made, for `hwsearch tasks` and manifests.
+    teacher_info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
+            raise ValueError(f"Task {self.name!r}: input_shape must be positive ints, got {self.input_shape}")
+        if self.num_classes < 2:
+            raise ValueError(f"Task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
