@@ -41,7 +41,9 @@ class Measure(_Strict):
     repeats: int = Field(200, ge=1, le=1_000_000)
     batch: int = Field(1, ge=1, le=4096)
     statistic: Literal["p50", "p90", "mean"] = "p50"
-    timeout_s: float = Field(120.0, gt=0, le=86_400)
+    timeout_s: float = Field(120.0, gt=0, le=86_400, description="limit for one measurement round")
+    rounds: int = Field(1, ge=1, le=100, description="fresh-process rounds per measurement")
+    memory_batch: int | None = Field(None, ge=1, le=4096, description="memory probe batch (default: batch)")
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Measure:

@@ -33,7 +33,7 @@ class FloatRange(_Strict):
 class TrainBudget(_Strict):
     """How long one distillation runs: exactly one of epochs or steps."""
 
-    epochs: float | None = Field(None, gt=0, le=1000)
+    epochs: float | None = Field(None, ge=0, le=1000, description="0 = no fine-tuning")
     steps: int | None = Field(None, gt=0, le=10_000_000)
     max_samples: int | None = Field(None, gt=0, description="train on at most this many samples")
 

@@ -1,0 +1,47 @@
+# hwsearch: everything a fresh clone needs. `make demo` and `make test` set up on their own.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+TRIALS ?= 24
+REFINE ?= 3
+
+.PHONY: setup data demo test test-fast bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Real Fashion-MNIST from Debian's package (IDX files); nothing is downloaded at run time.
+data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$HWSEARCH_DATA" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set HWSEARCH_DATA to a folder with the four IDX files"; exit 1; \
+	fi
+
+demo: setup data
+	$(BIN)/hwsearch run --task fashion-mnist --space spaces/default.yaml \
+		--device device_profiles/local-1core.yaml --trials $(TRIALS) --refine $(REFINE) --study demo
+
+test: setup data
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup data
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup
+	$(BIN)/ruff check search tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""Foundation subcommands: `validate` and `tasks`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from search.errors import ConfigError, UserError
+
+PROFILE_KEYS = {"runtime", "precisions", "channel_multiple", "budgets", "measure"}
+SPACE_KEYS = {"distillation", "pruning", "quantization", "accuracy"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check device-profile and search-space files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--device", metavar="PROFILE", help="also check that spaces only ask for bits this profile runs")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("tasks", help="list the built-in tasks and their teachers")
+    p.add_argument("--results", default="results", metavar="DIR", help="results folder holding teachers/")
+    p.set_defaults(func=cmd_tasks)
+
+
+def file_kind(path: str | Path) -> str:
+    """'profile' or 'space', decided by the keys the file uses (then by its folder)."""
+    from search.config import read_yaml_mapping
+
+    keys = set(read_yaml_mapping(path))
+    if keys & PROFILE_KEYS and not keys & SPACE_KEYS:
+        return "profile"
+    if keys & SPACE_KEYS and not keys & PROFILE_KEYS:
+        return "space"
+    parent = Path(path).resolve().parent.name
+    if parent == "device_profiles":
+        return "profile"
+    if parent == "spaces":
+        return "space"
+    raise ConfigError(f"{path}: cannot tell a device profile ({', '.join(sorted(PROFILE_KEYS))}) from a search "
+                      f"space ({', '.join(sorted(SPACE_KEYS))}) by its keys")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from search.config import load_profile, load_space
+
+    device = load_profile(args.device) if args.device else None
+    failed = 0
+    for f in args.files:
+        try:
+            kind = file_kind(f)
+            if kind == "profile":
+                prof = load_profile(f)
+                print(f"OK  {f}: device profile '{prof.name}' (bits {', '.join(map(str, prof.bits()))})")
+            else:
+                space = load_space(f)
+                if device is not None:
+                    space.bits_for(device, source=f)
+                print(f"OK  {f}: search space '{space.name}'")
+        except UserError as e:
+            failed += 1
+            print(f"hwsearch validate: error: {e}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from search.tasks.builtin import BUILTIN_TASKS
+    from search.tasks.teacher import cached_meta
+
+    print(f"{'task':<15} {'input':<10} {'teacher':<40} description")
+    for name, b in BUILTIN_TASKS.items():
+        meta = cached_meta(args.results, name)
+        if meta:
+            teacher = (f"{meta['params'] / 1e3:.1f}k params, {meta['macs'] / 1e6:.2f}M MACs, "
+                       f"top-1 {meta['val_accuracy'] * 100:.2f}%")
+        else:
+            teacher = "not trained yet (trained on first use)"
+        shape = "x".join(map(str, b.input_shape))
+        print(f"{name:<15} {shape:<10} {teacher:<40} {b.description}")
+    return 0

@@ -1,0 +1,400 @@
+"""Remote measurement agent: a small HTTP server run ON the device (`hwsearch agent` or `python agent.py`).
+
+Needs only the standard library, numpy and onnxruntime, plus runner.py in the same folder. API (every call
+needs `Authorization: Bearer TOKEN`):
+  GET  /v1/info       device description, versions, limits, queue state
+  POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
+  POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, memory_batch,
+                      memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>;
+                      answers the Measurement record as JSON (candidate and reference interleaved in the
+                      same fresh-process rounds, as locally). 409 when the reference is unknown (re-upload).
+Errors: 400 bad model/params, 401 token, 408 slow upload, 411/413 no/too large Content-Length, 422 hung or
+crashed while measured, 503 queue full (retry later). Install and use: docs/agent.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+if __package__:  # imported as search.measure.agent
+    from search.errors import UserError
+    from search.measure import runner
+else:  # standalone on the device: runner.py sits next to this file, the package is absent
+    import runner  # type: ignore[no-redef]
+
+    class UserError(Exception):  # type: ignore[no-redef]
+        """Bad input: printed as one line, exit status 2."""
+
+AGENT_VERSION = "1.0"
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
+MAX_REFERENCES = 4
+
+
+# ------------------------------------------------------------------- model check (no onnx package needed)
+class InvalidModel(ValueError):
+    """The uploaded bytes are not a self-contained ONNX model with allowed op domains (HTTP 400)."""
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise InvalidModel("not an ONNX model (truncated or malformed protobuf)")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: memoryview):
+    """Yield (field number, wire type, value) of one protobuf message; value is int, bytes view or None."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        num, wire = key >> 3, key & 7
+        value: int | memoryview | None = None
+        if num == 0:
+            raise InvalidModel("not an ONNX model (malformed protobuf)")
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i:i + size], i + size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise InvalidModel(f"not an ONNX model (protobuf wire type {wire})")
+        if i > len(buf):
+            raise InvalidModel("not an ONNX model (truncated protobuf)")
+        yield num, wire, value
+
+
+# Per message type, the fields (numbers from onnx.proto) that can hold an op domain, a tensor or a subgraph.
+_SCHEMA: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 8: "opset", 25: "function"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "node": {5: "attribute", 7: "domain"},
+    "attribute": {5: "tensor", 6: "graph", 10: "graph", 11: "tensor", 22: "sparse", 23: "sparse"},
+    "function": {7: "node", 9: "opset"},
+    "opset": {1: "domain"},
+}
+
+
+def _walk(buf: memoryview, kind: str, depth: int) -> None:
+    if depth > 32:
+        raise InvalidModel("not an ONNX model (nesting too deep)")
+    if kind == "tensor":
+        fields = {num: value for num, _, value in _fields(buf)}
+        if fields.get(14) == 1 or 13 in fields:  # data_location EXTERNAL, or external_data entries
+            name = bytes(fields.get(8) or b"").decode("utf-8", "replace")  # type: ignore[arg-type]
+            raise InvalidModel(f"tensor {name!r} refers to external data; send a self-contained model")
+        return
+    for num, wire, value in _fields(buf):
+        child = _SCHEMA[kind].get(num)
+        if child is None:
+            continue
+        if wire != 2:
+            raise InvalidModel(f"not an ONNX model (field {num} of a {kind} has the wrong type)")
+        if child == "domain":
+            domain = bytes(value).decode("utf-8", "replace")  # type: ignore[arg-type]
+            if domain not in ALLOWED_DOMAINS:
+                raise InvalidModel(f"op domain {domain!r} ({kind}) is not '', 'ai.onnx' or 'com.microsoft'")
+        else:
+            _walk(value, child, depth + 1)  # type: ignore[arg-type]
+
+
+def check_model(data: bytes) -> None:
+    """Raise InvalidModel unless `data` parses as a ModelProto with a graph, no external data and only
+    allowed op domains. ONNX Runtime itself validates the rest when the runner loads the model."""
+    buf = memoryview(data)
+    if not {1, 7} <= {num for num, _, _ in _fields(buf)}:  # ir_version, graph
+        raise InvalidModel("not an ONNX model (no ir_version or graph)")
+    _walk(buf, "model", 0)
+
+
+# ----------------------------------------------------------------------------------------- request params
+def _host_cap_mb() -> float:
+    try:
+        return 0.75 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return 4096.0
+
+
+def parse_params(query: str) -> dict:
+    """Validate and bound the measurement parameters of a query string (ValueError with a clear reason)."""
+    bounds = {"warmup": (int, 0, 100_000, 50), "repeats": (int, 1, 1_000_000, 200), "rounds": (int, 1, 20, 1),
+              "batch": (int, 1, 4096, 1), "threads": (int, 1, os.cpu_count() or 1, 1),
+              "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
+              "timeout_s": (float, 1.0, 3600.0, 120.0)}
+    raw = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference"}
+    if unknown:
+        raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    if any(len(v) > 1 for v in raw.values()):
+        raise ValueError("a parameter is given twice")
+    out: dict = {}
+    for name, (kind, lo, hi, default) in bounds.items():
+        if name not in raw:
+            out[name] = default
+            continue
+        try:
+            value = kind(raw[name][0])
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got {raw[name][0][:20]!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
+        out[name] = value
+    cap = _host_cap_mb()  # clamped, not refused: the client cannot know this device's memory
+    out["memory_limit_mb"] = min(out["memory_limit_mb"] or cap, cap)
+    out["graph_optimization"] = raw.get("graph_optimization", ["all"])[0]
+    if out["graph_optimization"] not in ("disable", "basic", "extended", "all"):
+        raise ValueError("graph_optimization must be one of disable, basic, extended, all")
+    ref = raw.get("reference", [None])[0]
+    if ref is not None and not re.fullmatch(r"[0-9a-f]{64}", ref):
+        raise ValueError("reference must be a sha256 (hex) returned by POST /v1/reference")
+    out["reference"] = ref
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- server
+class AgentServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, host: str, port: int, token: str, max_upload_mb: float, queue_size: int,
+                 read_timeout_s: float, verbose: bool = False) -> None:
+        if not token or not token.strip():
+            raise UserError("the agent refuses to start without a token (pass a non-empty token file)")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), _Handler)
+        self.token = token.strip().encode()
+        self.max_upload, self.max_upload_mb = int(max_upload_mb * 2**20), max_upload_mb
+        self.queue_size, self.read_timeout_s, self.verbose = queue_size, read_timeout_s, verbose
+        self.slots = threading.BoundedSemaphore(1 + queue_size)  # the running request + the waiting ones
+        self.lock = threading.Lock()  # one measurement at a time: two at once would time each other
+        self.state_lock = threading.Lock()
+        self.pending, self.busy = 0, False  # requests holding a slot; whether one is being measured
+        self.workdir = Path(tempfile.mkdtemp(prefix="hwsearch-agent-"))
+        self.references: OrderedDict[str, Path] = OrderedDict()
+
+    def info(self) -> dict:
+        with self.state_lock:
+            queue = {"busy": self.busy, "waiting": self.pending - int(self.busy), "size": self.queue_size}
+        return {**runner.describe_device(), "agent_version": AGENT_VERSION, "queue": queue,
+                "runner_version": runner.RUNNER_VERSION, "max_upload_mb": self.max_upload_mb,
+                "domains": sorted(ALLOWED_DOMAINS)}
+
+    def store_reference(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        with self.state_lock:
+            if digest not in self.references:
+                path = self.workdir / f"reference-{digest}.onnx"
+                path.write_bytes(data)
+                self.references[digest] = path
+                while len(self.references) > MAX_REFERENCES:
+                    self.references.popitem(last=False)[1].unlink(missing_ok=True)
+            self.references.move_to_end(digest)
+        return digest
+
+    def server_close(self) -> None:
+        super().server_close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AgentServer
+    server_version = f"hwsearch-agent/{AGENT_VERSION}"
+
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # socket timeout on every read of the request
+        super().setup()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        for key, value in {"Content-Type": "application/json", "Content-Length": str(len(body)),
+                           "Connection": "close", **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def _authorized(self) -> bool:
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.server.token):
+            return True
+        self._send(401, {"error": "missing or wrong bearer token"}, {"WWW-Authenticate": "Bearer"})
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if urlsplit(self.path).path != "/v1/info":
+            return self._send(404, {"error": "not found; see GET /v1/info, POST /v1/measure, /v1/reference"})
+        if self._authorized():
+            self._send(200, self.server.info())
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        if url.path not in ("/v1/measure", "/v1/reference"):
+            return self._send(404, {"error": "not found"})
+        if not self._authorized():
+            return
+        length = self.headers.get("Content-Length")
+        if length is None:  # checked before reading anything: no unbounded or chunked uploads
+            return self._send(411, {"error": "Content-Length required"})
+        if not length.isdigit():
+            return self._send(400, {"error": "invalid Content-Length"})
+        if int(length) > self.server.max_upload:
+            return self._send(413, {"error": f"model is {int(length) / 2**20:.1f} MB; this agent accepts at "
+                                             f"most {self.server.max_upload_mb:g} MB (--max-upload-mb)"})
+        try:
+            params = parse_params(url.query) if url.path == "/v1/measure" else {}
+        except ValueError as e:
+            return self._send(400, {"error": str(e)})
+        if not self.server.slots.acquire(blocking=False):
+            return self._send(503, {"error": "agent busy: measurement queue full"}, {"Retry-After": "2"})
+        with self.server.state_lock:
+            self.server.pending += 1
+        try:
+            self._post(url.path, int(length), params)
+        finally:
+            with self.server.state_lock:
+                self.server.pending -= 1
+            self.server.slots.release()
+
+    def _post(self, path: str, length: int, params: dict) -> None:
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            return self._send(408, {"error": f"upload slower than {self.server.read_timeout_s:g} s; dropped"})
+        if len(data) != length:
+            return self._send(400, {"error": "body shorter than Content-Length"})
+        try:
+            check_model(data)
+        except InvalidModel as e:
+            return self._send(400, {"error": str(e)})
+        if path == "/v1/reference":
+            return self._send(200, {"sha256": self.server.store_reference(data)})
+        request_id = uuid.uuid4().hex
+        reference = None
+        if params["reference"]:
+            with self.server.state_lock:
+                stored = self.server.references.get(params["reference"])
+                if stored is not None:  # a private copy: newer uploads may evict the stored one meanwhile
+                    reference = self.server.workdir / f"ref-{request_id}.onnx"
+                    shutil.copyfile(stored, reference)
+            if reference is None:
+                return self._send(409, {"error": "unknown reference; upload it to /v1/reference"})
+        try:
+            self._measure(data, params, reference, request_id)
+        finally:
+            if reference is not None:
+                reference.unlink(missing_ok=True)
+
+    def _measure(self, data: bytes, params: dict, reference: Path | None, request_id: str) -> None:
+        candidate = self.server.workdir / f"candidate-{request_id}.onnx"
+        candidate.write_bytes(data)
+        kwargs = {k: v for k, v in params.items() if k != "reference"}
+        try:
+            with self.server.lock:
+                with self.server.state_lock:
+                    self.server.busy = True
+                try:
+                    record = runner.measure(str(candidate), str(reference) if reference else None, **kwargs)
+                finally:
+                    with self.server.state_lock:
+                        self.server.busy = False
+        except runner.RoundError as e:
+            code = 400 if e.kind in ("load", "input") else 422
+            return self._send(code, {"error": str(e), "kind": e.kind})
+        except Exception as e:  # noqa: BLE001 - answer rather than drop the connection (the client would retry)
+            return self._send(500, {"error": f"agent error: {type(e).__name__}: {e}"})
+        finally:
+            candidate.unlink(missing_ok=True)
+        self._send(200, {**record, "backend": "remote"})
+
+
+# ----------------------------------------------------------------------------------------- entry points
+def read_token(path: str | Path) -> str:
+    p = Path(path)
+    try:
+        token = p.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise UserError(f"{p}: token file not found (the agent refuses to start without a token)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: cannot read the token file ({e})") from None
+    if not token:
+        raise UserError(f"{p}: token file is empty (the agent refuses to start without a token)")
+    return token
+
+
+def make_server(host: str, port: int, token: str, max_upload_mb: float = 64, queue_size: int = 2,
+                read_timeout_s: float = 30, verbose: bool = False) -> AgentServer:
+    """Bind the agent (port 0 picks a free one) without serving yet; tests run serve_forever in a thread."""
+    try:
+        return AgentServer(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def serve(host: str, port: int, token: str, max_upload_mb: float = 64, queue_size: int = 2,
+          read_timeout_s: float = 30) -> None:
+    """Serve until interrupted."""
+    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True)
+    bound = server.server_address[1]
+    print(f"hwsearch agent {AGENT_VERSION} on http://{host}:{bound} ({runner.describe_device()['summary']})",
+          file=sys.stderr)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}, reachable from other machines over plain HTTP; anyone with "
+              "the token can run models here (prefer 127.0.0.1 and an SSH tunnel, or a firewall)",
+              file=sys.stderr)
+    if threading.current_thread() is threading.main_thread():  # a service stop also removes the work folder
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent.py", description="hwsearch measurement agent (device side)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--token-file", required=True, help="file holding the bearer token")
+    parser.add_argument("--max-upload-mb", type=float, default=64)
+    parser.add_argument("--queue-size", type=int, default=2, help="requests that may wait for the running")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.host, args.port, read_token(args.token_file), args.max_upload_mb, args.queue_size)
+    except UserError as e:
+        print(f"agent: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Measurement cache: the same graph structure on the same profile is timed once per study.
+
+Latency and memory depend on the graph's structure, not on its trained weights, so the key hashes op types,
+attributes, wiring, tensor shapes and dtypes (weight values left out), plus the profile digest and the
+reference model's structure (the record carries the drift ratio to it). Small int64 tensors are hashed by
+value: they are shapes and axes (Reshape targets, Slice bounds) and do change the computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from search.config.profile import DeviceProfile
+from search.errors import TrialFailure
+from search.measure import Backend
+from search.measure.record import LatencyStats, Measurement
+
+KEY_VERSION = "1"
+_SMALL_INT64 = 64  # elements: above this an int64 tensor is data (e.g. embedding ids), not a shape
+
+
+def structure_key(onnx_path: str | os.PathLike) -> str:
+    """Hash of the model's structure; equal for two exports of one architecture with different weights."""
+    import onnx  # heavy: only when a key is actually needed
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure makes the trial fail with this reason
+        raise TrialFailure(f"cannot read {onnx_path} as ONNX: {e}") from None
+    h = hashlib.sha256()
+    opsets = sorted((o.domain or "ai.onnx", o.version) for o in model.opset_import)
+    h.update(json.dumps(opsets).encode())
+    _graph(model.graph, h)
+    return h.hexdigest()[:32]
+
+
+def _tensor_sig(t: Any) -> list:
+    from onnx import numpy_helper
+
+    sig: list = [int(t.data_type), list(t.dims)]
+    if t.data_type == 7 and _numel(t.dims) <= _SMALL_INT64:  # 7 = INT64
+        sig.append(numpy_helper.to_array(t).tolist())
+    return sig
+
+
+def _numel(dims: Any) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _type_sig(value_info: Any) -> list:
+    tensor = value_info.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else "?" for d in tensor.shape.dim]
+    return [int(tensor.elem_type), dims]
+
+
+def _graph(graph: Any, h: Any) -> None:
+    """Feed the graph into `h` with tensor names replaced by their order of first appearance."""
+    names: dict[str, int] = {}
+    inits = {t.name: t for t in graph.initializer}
+
+    def ref(name: str) -> Any:
+        if not name:
+            return None
+        if name not in names:
+            names[name] = len(names)
+            if name in inits:  # an initializer: described by shape and dtype, not by values
+                return ["init", names[name], _tensor_sig(inits[name])]
+        return names[name]
+
+    inputs = [["in", ref(v.name), _type_sig(v)] for v in graph.input if v.name not in inits]
+    h.update(json.dumps(inputs).encode())
+    for node in graph.node:
+        attrs = []
+        for a in sorted(node.attribute, key=lambda a: a.name):
+            if a.type == a.GRAPH:
+                sub = hashlib.sha256()
+                _graph(a.g, sub)
+                attrs.append([a.name, sub.hexdigest()])
+            elif a.type == a.GRAPHS:
+                attrs.append([a.name, [_subgraph_hex(g) for g in a.graphs]])
+            elif a.type == a.TENSOR:
+                attrs.append([a.name, _tensor_sig(a.t)])
+            else:
+                attrs.append([a.name, str(_attr_value(a))])
+        row = [node.domain or "ai.onnx", node.op_type, [ref(i) for i in node.input],
+               [ref(o) for o in node.output], attrs]
+        h.update(json.dumps(row).encode())
+    h.update(json.dumps([["out", ref(v.name), _type_sig(v)] for v in graph.output]).encode())
+
+
+def _subgraph_hex(g: Any) -> str:
+    sub = hashlib.sha256()
+    _graph(g, sub)
+    return sub.hexdigest()
+
+
+def _attr_value(a: Any) -> Any:
+    from onnx import helper
+
+    return helper.get_attribute_value(a)
+
+
+class MeasurementCache:
+    """In-memory cache of measurements, optionally persisted as one JSON file per key under `directory`.
+
+    The cache also owns the drift baseline: the first reference figures it sees for a (profile, reference
+    structure) become the baseline of every record it returns, hits included, so corrected latencies of one
+    study stay comparable even across worker restarts that share the folder.
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._memory: dict[str, Measurement] = {}
+        self._baselines: dict[str, LatencyStats] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(onnx_path: str | os.PathLike, profile: DeviceProfile,
+            reference_path: str | os.PathLike | None = None) -> str:
+        ref = structure_key(reference_path) if reference_path is not None else "-"
+        return _digest(KEY_VERSION, structure_key(onnx_path), profile.digest(), ref)
+
+    def get(self, key: str) -> Measurement | None:
+        with self._lock:
+            found = self._memory.get(key)
+        if found is None:
+            text = self._read(key)
+            try:
+                found = Measurement.from_json(text) if text is not None else None
+            except ValueError:  # torn by a crash long ago: measure again
+                found = None
+            if found is not None:
+                with self._lock:
+                    self._memory[key] = found
+        return found
+
+    def put(self, key: str, measurement: Measurement) -> None:
+        with self._lock:
+            self._memory[key] = measurement
+        self._write(key, measurement.to_json())
+
+    def measure(self, onnx_path: str | os.PathLike, profile: DeviceProfile, backend: Backend,
+                reference_path: str | os.PathLike | None = None) -> Measurement:
+        """The cached measurement of this structure on this profile, or a new one (failures not cached)."""
+        ref = structure_key(reference_path) if reference_path is not None else "-"
+        key = _digest(KEY_VERSION, structure_key(onnx_path), profile.digest(), ref)
+        found = self.get(key)
+        with self._lock:
+            self.hits += found is not None
+            self.misses += found is None
+        if found is None:
+            found = backend.measure(onnx_path, reference_path)
+            self.put(key, found)
+        if found.reference is None:
+            return found
+        base = self._baseline(_digest("baseline", profile.digest(), ref),
+                              found.reference_baseline or found.reference)
+        return dataclasses.replace(found, reference_baseline=base)
+
+    def _baseline(self, key: str, first: LatencyStats) -> LatencyStats:
+        with self._lock:
+            if key not in self._baselines:
+                text = self._read(key)
+                try:
+                    self._baselines[key] = LatencyStats(**json.loads(text)) if text else first
+                except (ValueError, TypeError):
+                    self._baselines[key] = first
+                if not text:
+                    self._write(key, json.dumps(dataclasses.asdict(first)))
+            return self._baselines[key]
+
+    def _read(self, key: str) -> str | None:
+        if self.directory is None:
+            return None
+        try:
+            return (self.directory / f"{key}.json").read_text(encoding="utf-8")
+        except OSError:
+            return None
+
+    def _write(self, key: str, text: str) -> None:
+        if self.directory is None:
+            return
+        # Atomic: a reader (another worker) sees the old file or the whole new one, never half of it.
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, self.directory / f"{key}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]

@@ -1,0 +1,100 @@
+"""Local backend: measures on this machine, every round in a fresh interpreter running runner.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from search.config.profile import DeviceProfile
+from search.errors import TrialFailure
+from search.measure import runner
+from search.measure.record import Baselines, LatencyStats, Measurement
+
+
+def host_memory_mb() -> float | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_limit_mb(budget_mb: float | None) -> float | None:
+    """The hard stop for a measurement process. Far above the budget (it only catches runaways; the budget
+    itself is judged on the measured peak) and never above 3/4 of this machine's memory."""
+    host = host_memory_mb()
+    cap = 0.75 * host if host else None
+    if budget_mb is None:
+        return cap
+    limit = max(4 * budget_mb, budget_mb + 512)
+    return min(limit, cap) if cap else limit
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def existing(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise TrialFailure(f"{what} {p} not found")
+    return p
+
+
+_THREAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """One local measurement at a time on this host, across threads and study worker processes: two rounds
+    at once would time each other. flock is released by the kernel if a worker dies."""
+    with _THREAD_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: threads are still serialised
+            yield
+            return
+        path = Path(tempfile.gettempdir()) / f"hwsearch-measure-{os.getuid()}.lock"
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class LocalBackend:
+    """Measure on this machine under the profile's runtime settings (threads pinned to as many cores)."""
+
+    name = "local"
+
+    def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None) -> None:
+        self.profile = profile
+        self.baselines = Baselines(reference_baseline)
+
+    def measure(self, onnx_path: str | os.PathLike,
+                reference_path: str | os.PathLike | None = None) -> Measurement:
+        path = existing(onnx_path, "model")
+        ref = existing(reference_path, "reference model") if reference_path is not None else None
+        m, rt = self.profile.measure, self.profile.runtime
+        settings = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
+                    "graph_optimization": rt.graph_optimization, "rounds": m.rounds,
+                    "memory_batch": m.memory_batch, "timeout_s": m.timeout_s,
+                    "memory_limit_mb": memory_limit_mb(self.profile.budgets.memory_mb)}
+        try:
+            with exclusive():
+                raw = runner.measure(str(path), str(ref) if ref else None, **settings)
+        except runner.RoundError as e:
+            raise TrialFailure(f"measuring {path.name}: {e}") from None
+        record = Measurement.from_dict(raw)
+        baseline = self.baselines.get(file_digest(ref), record) if ref else None
+        return record.finalize(baseline=baseline, memory_budget_mb=self.profile.budgets.memory_mb,
+                               backend="local")

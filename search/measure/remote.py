@@ -1,0 +1,146 @@
+"""Remote backend: the client of the measurement agent (search/measure/agent.py) running on the device.
+
+Drift design: the reference model is uploaded once (POST /v1/reference, answered with its sha256) and each
+measurement names it, so the agent interleaves candidate and reference in the same fresh-process rounds,
+exactly as the local backend does. An agent that restarted answers 409; the client then re-uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlencode
+
+from search.config.profile import DeviceProfile
+from search.errors import TrialFailure, UserError
+from search.measure.local import existing, memory_limit_mb
+from search.measure.record import Baselines, LatencyStats, Measurement
+
+_TRANSIENT = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)
+
+
+class AgentUnreachable(TrialFailure):
+    """The agent did not answer (refused, reset, name not found) after the retries."""
+
+
+class RemoteBackend:
+    """Measure on a device running `hwsearch agent`; the token comes from $<profile.measure.token_env>."""
+
+    name = "remote"
+
+    def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
+                 retries: int = 4, backoff_s: float = 0.5) -> None:
+        m = profile.measure
+        if not m.url or not m.token_env:
+            raise UserError(f"profile {profile.name}: the remote backend needs measure.url and token_env")
+        self.profile, self.url = profile, m.url.rstrip("/")
+        token = os.environ.get(m.token_env, "").strip()
+        if not token:
+            raise UserError(f"environment variable {m.token_env} is not set; it must hold the token of the "
+                            f"agent at {self.url}")
+        self._auth = f"Bearer {token}"
+        self.retries, self.backoff_s = max(1, retries), backoff_s
+        self.baselines = Baselines(reference_baseline)
+        self._max_upload_mb: float | None = None
+        self._uploaded: set[str] = set()  # reference models the agent holds
+
+    # ---- HTTP ---------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 timeout: float = 30.0) -> tuple[int, dict]:
+        """One call with retries on transient failures (refused/reset connection, 503)."""
+        reason = ""
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.url + path, data=body, method=method,
+                                         headers={"Authorization": self._auth,
+                                                  "Content-Type": "application/onnx"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    return resp.status, _json(resp.read())
+            except urllib.error.HTTPError as e:
+                status, payload = e.code, _json(e.read())
+                if status != 503:
+                    return status, payload
+                reason = "busy (measurement queue full)"
+            except TimeoutError:
+                raise TrialFailure(f"agent at {self.url} gave no answer in {timeout:g} s") from None
+            except urllib.error.URLError as e:
+                reason = _reason(e.reason)
+            except _TRANSIENT as e:
+                reason = _reason(e)
+        raise AgentUnreachable(f"measurement agent at {self.url} is unreachable: {reason} "
+                               f"({self.retries} attempts); is `hwsearch agent` running there?")
+
+    def _check(self, status: int, payload: dict, what: str) -> dict:
+        if status == 200:
+            return payload
+        message = payload.get("error", "no reason given")
+        if status == 401:
+            env = self.profile.measure.token_env
+            raise UserError(f"agent at {self.url} rejected the token (check ${env})")
+        raise TrialFailure(f"agent at {self.url} refused {what} ({status}): {message}")
+
+    def info(self) -> dict:
+        """The device description the agent reports (platform, cpu, cores, versions, limits)."""
+        return self._check(*self._request("GET", "/v1/info"), "info")
+
+    # ---- measurement --------------------------------------------------------------------------------------
+    def measure(self, onnx_path: str | os.PathLike,
+                reference_path: str | os.PathLike | None = None) -> Measurement:
+        path = existing(onnx_path, "model")
+        data = path.read_bytes()
+        if self._max_upload_mb is None:
+            self._max_upload_mb = float(self.info().get("max_upload_mb", 64))
+        if len(data) > self._max_upload_mb * 2**20:  # refused mid-upload, it would look like a reset socket
+            raise TrialFailure(f"{path.name} is {len(data) / 2**20:.1f} MB; the agent at {self.url} accepts "
+                               f"at most {self._max_upload_mb:g} MB")
+        m, rt = self.profile.measure, self.profile.runtime
+        params: dict = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
+                        "rounds": m.rounds, "timeout_s": m.timeout_s,
+                        "graph_optimization": rt.graph_optimization}
+        if m.memory_batch:
+            params["memory_batch"] = m.memory_batch
+        limit = memory_limit_mb(self.profile.budgets.memory_mb) if self.profile.budgets.memory_mb else None
+        if limit:  # the agent caps it at 3/4 of the device's memory, and applies that cap when absent
+            params["memory_limit_mb"] = round(limit, 1)
+        ref_data, ref_key = None, None
+        if reference_path is not None:
+            ref_data = existing(reference_path, "reference model").read_bytes()
+            ref_key = hashlib.sha256(ref_data).hexdigest()
+            params["reference"] = ref_key
+        # A request may wait for the queue, then runs `rounds` rounds each bounded by timeout_s.
+        timeout = m.timeout_s * (m.rounds + 1) * 3 + 30
+        for attempt in range(2):
+            if ref_data is not None and ref_key is not None and (attempt or ref_key not in self._uploaded):
+                self._check(*self._request("POST", "/v1/reference", ref_data), "the reference model")
+                self._uploaded.add(ref_key)
+            status, payload = self._request("POST", "/v1/measure?" + urlencode(params), data, timeout)
+            if status != 409:  # 409: the agent restarted and lost the reference; upload it again
+                break
+        record = Measurement.from_dict(self._check(status, payload, f"to measure {path.name}"))
+        baseline = self.baselines.get(ref_key, record) if ref_key else None
+        return record.finalize(baseline=baseline, memory_budget_mb=self.profile.budgets.memory_mb,
+                               backend=f"remote {self.url}")
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        out = json.loads(raw or b"{}")
+    except ValueError:
+        return {"error": raw[:200].decode("utf-8", "replace")}
+    return out if isinstance(out, dict) else {"error": str(out)[:200]}
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    return " ".join(str(exc).split()) or type(exc).__name__
+

@@ -1,0 +1,368 @@
+"""The measurement runner: the code that runs ON the device, shared by the local backend and the agent.
+
+Imports only the standard library at module level; numpy and onnxruntime are imported in the child
+process that `python runner.py` starts, so this file can be copied to a device next to agent.py.
+
+Parent side: `measure(...)` runs each round in a FRESH interpreter (`run_round`) and folds the rounds
+into a record dict whose keys are the fields of `search.measure.record.Measurement`.
+Child side: `main()` reads a JSON spec on stdin, prints one JSON result line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+RUNNER_VERSION = "1"
+PROBE_RUNS = 20  # inferences in the memory probe (FACTS: enough to reach the arena's steady peak)
+_ALLOC_MARKERS = ("failed to allocate", "bad_alloc", "memoryerror", "cannot allocate", "out of memory")
+
+
+class RoundError(Exception):
+    """A round that produced no measurement. kind: timeout | crash | load | input | memory."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+        self.kind = kind
+
+
+# ----------------------------------------------------------------------------------------------- parent side
+def describe_device() -> dict:
+    """Short, stdlib-only device description (also the agent's /v1/info)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version  # no need to load the ORT library just for its version
+
+        ort = version("onnxruntime")
+    except Exception:
+        ort = "unknown"
+    cores = os.cpu_count() or 1
+    return {"platform": platform.platform(terse=True), "machine": platform.machine(), "cpu": cpu,
+            "cores": cores, "ort_version": ort, "python": platform.python_version(),
+            "summary": f"{cpu}, {cores} cores, {platform.system()} {platform.machine()}"}
+
+
+def pick_cpus(threads: int) -> list[int] | None:
+    """The last `threads` allowed cores: core 0 tends to take the interrupts and the desktop's work."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[-threads:] if threads <= len(allowed) else allowed
+
+
+def run_round(spec: dict, timeout_s: float) -> dict:
+    """Run one round in a fresh interpreter (never a fork of a big parent); raise RoundError on failure."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-I", str(Path(__file__).resolve())]  # -I: no sibling module can shadow a library
+    try:
+        proc = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, timeout=timeout_s,
+                              env=env, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise RoundError("timeout", f"measurement round timed out after {timeout_s:g} s (hung or far too "
+                                    "slow)") from None
+    lines = proc.stdout.strip().splitlines()
+    result = _parse(lines[-1]) if lines else None
+    if result is None:
+        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or ["no output"]
+        limit = spec.get("memory_limit_mb")
+        if limit and any(m in proc.stderr.lower() for m in _ALLOC_MARKERS):
+            raise RoundError("memory", f"stopped at the memory limit of {limit:.0f} MB")
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+        raise RoundError("crash", f"measurement process died ({how}): {tail[0][:300]}")
+    if not result.get("ok"):
+        raise RoundError(result.get("kind", "crash"), result.get("error", "unknown error"))
+    return result
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        out = json.loads(line)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+_OVERHEAD: dict[tuple, float] = {}
+_OVERHEAD_LOCK = threading.Lock()
+
+
+def overhead_mb(threads: int, graph_optimization: str, timeout_s: float) -> float | None:
+    """ONNX Runtime's fixed memory cost (a tiny model, same settings), measured once per process."""
+    key = (threads, graph_optimization)
+    with _OVERHEAD_LOCK:
+        if key not in _OVERHEAD:
+            spec = {"model": None, "threads": threads, "graph_optimization": graph_optimization,
+                    "memory_batch": 1, "cpus": pick_cpus(threads)}
+            _OVERHEAD[key] = run_round(spec, timeout_s)["memory"]["peak_mb"]
+        return _OVERHEAD[key]
+
+
+def stats(times_ms: list[float]) -> dict:
+    """The latency summary stored in a record (LatencyStats fields)."""
+    ordered = sorted(times_ms)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    mean = statistics.fmean(ordered)
+    cv = statistics.stdev(ordered) / mean if len(ordered) > 1 and mean > 0 else 0.0
+    return {"p50_ms": statistics.median(ordered), "p90_ms": p90, "mean_ms": mean, "cv": cv,
+            "runs": len(ordered)}
+
+
+def measure(model: str, reference: str | None = None, *, warmup: int = 50, repeats: int = 200,
+            batch: int = 1, threads: int = 1, graph_optimization: str = "all", rounds: int = 1,
+            memory_batch: int | None = None, memory_limit_mb: float | None = None, timeout_s: float = 120.0,
+            seed: int = 0) -> dict:
+    """Measure `model` in `rounds` fresh processes (memory probe in the first); return a record dict."""
+    started = time.time()
+    memory_batch = memory_batch or batch
+    base = {"model": model, "reference": reference, "warmup": warmup, "repeats": repeats, "batch": batch,
+            "threads": threads, "graph_optimization": graph_optimization, "seed": seed,
+            "memory_limit_mb": memory_limit_mb, "cpus": pick_cpus(threads)}
+    overhead = overhead_mb(threads, graph_optimization, timeout_s)
+    record: dict = {"latency": None, "memory_total_mb": None, "memory_model_mb": None,
+                    "memory_overhead_mb": overhead, "batch": batch, "memory_batch": memory_batch,
+                    "threads": threads, "rounds": rounds, "ort_version": "unknown",
+                    "device": describe_device()["summary"], "backend": "local", "reference": None,
+                    "ratio_p50": None, "ratio_p90": None, "ratio_mean": None, "reference_baseline": None,
+                    "over_budget": False, "error": None, "memory_limit_mb": memory_limit_mb}
+    results = []
+    for r in range(rounds):
+        try:
+            results.append(run_round({**base, "memory_batch": memory_batch if r == 0 else None}, timeout_s))
+        except RoundError as e:
+            if e.kind != "memory":
+                raise
+            # Stopped by the hard limit: the peak is at least the limit; no latency is worth measuring.
+            return {**record, "memory_total_mb": memory_limit_mb, "over_budget": True, "error": str(e),
+                    "started_at": started, "finished_at": time.time()}
+    first = results[0]
+    total = first["memory"]["peak_mb"]
+    cand = [t for res in results for t in res["candidate_ms"]]
+    record.update(latency=stats(cand), memory_total_mb=total, ort_version=first["ort_version"],
+                  memory_model_mb=None if total is None or overhead is None else max(0.0, total - overhead))
+    if reference:
+        ref = [t for res in results for t in res["reference_ms"]]
+        record["reference"] = stats(ref)
+        for s in ("p50", "p90", "mean"):
+            per_round = [stats(res["candidate_ms"])[f"{s}_ms"] / stats(res["reference_ms"])[f"{s}_ms"]
+                         for res in results]
+            record[f"ratio_{s}"] = statistics.median(per_round)
+    return {**record, "started_at": started, "finished_at": time.time()}
+
+
+# ------------------------------------------------------------------------------------------------ child side
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+           "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+           "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _ld(num: int, payload: bytes) -> bytes:
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def tiny_model() -> bytes:
+    """Identity on a float[1]: hand-encoded ModelProto (the device may not have the onnx package)."""
+    def value_info(name: bytes) -> bytes:
+        dim = _ld(1, _varint(1 << 3) + _varint(1))  # shape [1]
+        tensor = _varint(1 << 3) + _varint(1) + _ld(2, dim)  # elem_type FLOAT
+        return _ld(1, name) + _ld(2, _ld(1, tensor))
+
+    graph = _ld(1, _ld(1, b"x") + _ld(2, b"y") + _ld(4, b"Identity")) + _ld(2, b"tiny")
+    graph += _ld(11, value_info(b"x")) + _ld(12, value_info(b"y"))
+    return _varint(1 << 3) + _varint(8) + _ld(8, _varint(2 << 3) + _varint(17)) + _ld(7, graph)
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _maxrss_kb() -> int | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # macOS reports bytes, Linux KiB
+
+
+def _limit_address_space(limit_mb: float) -> None:
+    """Cap address-space growth beyond what the imports already mapped: a runaway model fails to allocate
+    inside this process instead of pushing the host into swap or the OOM killer."""
+    try:
+        import resource
+    except ImportError:
+        return
+    cap = (_status_kb("VmSize") or 0) * 1024 + int(limit_mb * 2**20)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def _fail(exc: BaseException, what: str, limit: float | None, default_kind: str) -> RoundError:
+    text = f"{type(exc).__name__}: {exc}"
+    if limit and (isinstance(exc, MemoryError) or any(m in text.lower() for m in _ALLOC_MARKERS)):
+        return RoundError("memory", f"{what} stopped at the memory limit of {limit:.0f} MB")
+    return RoundError(default_kind, f"{what} failed: {text.splitlines()[0][:400] if text else text}")
+
+
+def _child(spec: dict) -> dict:
+    if spec.get("cpus") and hasattr(os, "sched_setaffinity"):
+        try:  # before ORT creates its thread pool, so the pool inherits the mask
+            os.sched_setaffinity(0, spec["cpus"])
+        except OSError:
+            pass  # not allowed here (some containers): run unpinned
+    import gc
+
+    import numpy as np
+    import onnxruntime as ort
+
+    np.random.default_rng(0).random(1)  # numpy 2 loads numpy.random lazily (~6 MB): not the model's memory
+    limit = spec.get("memory_limit_mb")
+    if limit:
+        _limit_address_space(limit)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = spec["threads"]
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_cpu_mem_arena = True  # FACTS: arena off makes peak memory unusable noise
+    opts.enable_mem_pattern = True
+    level = _OPT_LEVELS[spec["graph_optimization"]]
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    opts.log_severity_level = 3
+    seed = spec.get("seed", 0)
+
+    def session(source: str | bytes, what: str) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - any ORT load error is the model's fault
+            raise _fail(e, f"loading the {what}", limit, "load") from None
+
+    def feed(sess: ort.InferenceSession, batch: int, what: str) -> dict:
+        rng = np.random.default_rng(seed)
+        out = {}
+        for i in sess.get_inputs():
+            shape = list(i.shape)
+            if shape and isinstance(shape[0], int) and shape[0] > 0 and shape[0] != batch:
+                raise RoundError("input", f"the {what}'s input '{i.name}' has a fixed batch dimension of "
+                                          f"{shape[0]}; measuring batch {batch} needs a dynamic one")
+            shape = [batch] + shape[1:] if shape else []
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in shape]  # other symbolic dims: 1
+            if i.type not in _DTYPES:
+                raise RoundError("input", f"the {what}'s input '{i.name}' has unsupported type {i.type}")
+            dtype = np.dtype(_DTYPES[i.type])
+            if dtype.kind == "f":  # raw-pixel-like values in [0, 1)
+                out[i.name] = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
+            elif dtype.kind == "b":
+                out[i.name] = rng.integers(0, 2, shape, dtype=np.uint8).astype(bool)
+            else:  # token ids / indices: small non-negative values are valid for most models
+                out[i.name] = rng.integers(0, 10, shape, dtype=dtype)
+        return out
+
+    def run(sess: ort.InferenceSession, inputs: dict, what: str) -> None:
+        try:
+            sess.run(None, inputs)
+        except Exception as e:  # noqa: BLE001
+            raise _fail(e, f"running the {what}", limit, "run") from None
+
+    source: str | bytes = spec["model"] if spec["model"] is not None else tiny_model()
+    out: dict = {"ok": True, "ort_version": ort.__version__}
+    if spec.get("memory_batch"):
+        # Memory first, in a process that has loaded no other model (FACTS: peak-RSS method). The input
+        # belongs to the application, not the model: its bytes are subtracted.
+        reset = _reset_peak()
+        before = _status_kb("VmRSS") if reset else _maxrss_kb()
+        sess = session(source, "model")
+        inputs = feed(sess, spec["memory_batch"], "model")
+        for _ in range(PROBE_RUNS):
+            run(sess, inputs, "model")
+        after = _status_kb("VmHWM") if reset else _maxrss_kb()
+        own = sum(a.nbytes for a in inputs.values()) / 2**20
+        peak = None if before is None or after is None else max(0.0, (after - before) / 1024 - own)
+        out["memory"] = {"peak_mb": peak, "method": "clear_refs" if reset else "ru_maxrss"}
+        del sess, inputs
+        gc.collect()
+    if spec["model"] is None or not spec.get("repeats"):
+        return out
+    cand = session(source, "model")
+    pairs = [(cand, feed(cand, spec["batch"], "model"), "model", [])]
+    if spec.get("reference"):
+        ref = session(spec["reference"], "reference model")
+        pairs.append((ref, feed(ref, spec["batch"], "reference model"), "reference model", []))
+    for sess, inputs, what, _ in pairs:
+        for _ in range(spec["warmup"]):
+            run(sess, inputs, what)
+    gc.collect()
+    gc.disable()  # a collection inside a timed run is noise, not the model
+    # Interleave candidate and reference in blocks: drift (frequency, neighbours) hits both alike,
+    # while each block keeps its model's caches warm as in steady deployment.
+    block, done = max(1, spec["repeats"] // 10), 0
+    while done < spec["repeats"]:
+        n = min(block, spec["repeats"] - done)
+        for sess, inputs, what, times in pairs:
+            for _ in range(n):
+                t0 = time.perf_counter_ns()
+                run(sess, inputs, what)
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+        done += n
+    gc.enable()
+    out["candidate_ms"] = pairs[0][3]
+    out["reference_ms"] = pairs[1][3] if len(pairs) > 1 else []
+    return out
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def main() -> None:
+    try:
+        out = _child(json.loads(sys.stdin.read()))
+    except RoundError as e:
+        out = {"ok": False, "kind": e.kind, "error": str(e)}
+    except MemoryError:
+        out = {"ok": False, "kind": "memory", "error": "stopped at the memory limit (Python MemoryError)"}
+    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
+        out = {"ok": False, "kind": "crash", "error": f"{type(e).__name__}: {e}"}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

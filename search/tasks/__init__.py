@@ -1,0 +1,7 @@
+"""Tasks: what to compress (teacher + data). Built-ins are `digits` and `fashion-mnist`."""
+
+from search.tasks.base import InputSpec, Task
+from search.tasks.builtin import BUILTIN_TASKS
+from search.tasks.loader import load_task
+
+__all__ = ["BUILTIN_TASKS", "InputSpec", "Task", "load_task"]

@@ -1,0 +1,84 @@
+"""Built-in tasks: a registry keyed by name, each a dataset plus a teacher recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from search.tasks.base import InputSpec, Task
+from search.tasks.models import DIGITS_SPEC, FASHION_SPEC, EdgeNetSpec
+from search.tasks.teacher import TrainRecipe
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    name: str
+    description: str
+    spec: EdgeNetSpec
+    recipe: TrainRecipe
+    input_shape: tuple[int, ...]
+    class_names: tuple[str, ...]
+    load_data: Callable[[str | Path | None], dict[str, np.ndarray]]
+
+
+def _digits(_data_dir: str | Path | None) -> dict[str, np.ndarray]:
+    from search.tasks.data import load_digits_split
+
+    return load_digits_split()
+
+
+def _fashion(data_dir: str | Path | None) -> dict[str, np.ndarray]:
+    from search.tasks.data import load_fashion_mnist
+
+    return load_fashion_mnist(data_dir)
+
+
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    t.name: t
+    for t in (
+        BuiltinTask(
+            "digits", "scikit-learn's 8x8 digits (1,437 train / 360 held out), for fast tests",
+            DIGITS_SPEC, TrainRecipe(epochs=40, lr=0.01, batch_size=64, shift=1),
+            (1, 8, 8), tuple(str(i) for i in range(10)), _digits,
+        ),
+        BuiltinTask(
+            "fashion-mnist", "Fashion-MNIST 28x28 (60,000 train / 10,000 test) from IDX files",
+            FASHION_SPEC, TrainRecipe(epochs=12, lr=0.01, batch_size=128, flip=True, shift=2),
+            (1, 28, 28), (
+                "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            ), _fashion,
+        ),
+    )
+}
+
+
+def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: str | Path = "results",
+                 train_on: str = "auto", progress: bool = True) -> Task:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from search.tasks.data import fingerprint
+    from search.tasks.teacher import get_teacher
+
+    b = BUILTIN_TASKS[name]
+    data = b.load_data(data_dir)
+    teacher, meta = get_teacher(name, b.spec, b.recipe, data, data_fp=fingerprint(data), results_dir=results_dir,
+                                train_on=train_on, progress=progress)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return Task(
+        name=name,
+        teacher=teacher.eval(),
+        train=TensorDataset(torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])),
+        val=TensorDataset(torch.from_numpy(data["val_x"]), torch.from_numpy(data["val_y"])),
+        input_shape=b.input_shape,
+        num_classes=b.spec.num_classes,
+        class_names=b.class_names,
+        input_spec=InputSpec(),
+        description=b.description,
+        teacher_info=meta,
+    )

@@ -1,0 +1,160 @@
+"""Teacher recipes: train on first use, cache under results/teachers/, verify before reuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from search.tasks.models import EdgeNet, EdgeNetSpec
+from search.utils.atomic import atomic_write_bytes, atomic_write_text
+from search.utils.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    epochs: int
+    lr: float
+    batch_size: int
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.05
+    flip: bool = False  # horizontal flips (clothes yes, digits no)
+    shift: int = 0  # random +-shift pixels
+    seed: int = 0
+
+
+def pick_device(train_on: str = "auto") -> torch.device:
+    if train_on == "cuda" or (train_on == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from search.errors import UserError
+
+            raise UserError("--train-on cuda: no CUDA device is available (use auto or cpu)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _augment(x: torch.Tensor, recipe: TrainRecipe, gen: torch.Generator) -> torch.Tensor:
+    if recipe.flip:
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if recipe.shift:
+        s = recipe.shift
+        padded = F.pad(x, (s, s, s, s))
+        dx, dy = (int(v) for v in torch.randint(0, 2 * s + 1, (2,), generator=gen))
+        x = padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+    return x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 1000) -> float:
+    model.eval()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += (model(x[i : i + batch].to(dev)).argmax(1).cpu() == y[i : i + batch]).sum().item()
+    return correct / len(x)
+
+
+def train_teacher(spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *, label: str,
+                  device: torch.device, progress: bool = True) -> tuple[EdgeNet, dict]:
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    model = EdgeNet(spec).to(device)
+    x, y = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
+    steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
+    t0 = time.perf_counter()
+    with progress_bar(f"training {label} teacher", total=recipe.epochs * steps_per_epoch, enabled=progress) as bar:
+        for _epoch in range(recipe.epochs):
+            model.train()
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(x), recipe.batch_size):
+                idx = order[i : i + recipe.batch_size]
+                xb = _augment(x[idx], recipe, gen).to(device)
+                loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=recipe.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.advance(1, f"loss {loss.item():.3f}")
+    seconds = time.perf_counter() - t0
+    model = model.cpu().eval()
+    acc = evaluate(model, data["val_x"], data["val_y"])
+    return model, {"val_accuracy": acc, "train_seconds": round(seconds, 1)}
+
+
+def cache_key(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data_fp: str) -> str:
+    blob = json.dumps({"task": name, "spec": spec.to_dict(), "recipe": asdict(recipe), "data": data_fp},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_cached(weights: Path, meta_path: Path, spec: EdgeNetSpec) -> tuple[EdgeNet, dict] | None:
+    """The cached teacher, or None when absent; a corrupt cache is reported and ignored."""
+    if not weights.exists() and not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("sha256") != _sha256(weights):
+            raise ValueError("checksum mismatch (half-written or modified file)")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model = EdgeNet(spec)
+        model.load_state_dict(state)
+        return model.eval(), meta
+    except Exception as e:  # any failure means: do not trust it, rebuild
+        print(f"warning: teacher cache {weights} is unusable ({type(e).__name__}: {e}); retraining",
+              file=sys.stderr)
+        return None
+
+
+def get_teacher(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *,
+                data_fp: str, results_dir: str | Path = "results", train_on: str = "auto",
+                progress: bool = True) -> tuple[EdgeNet, dict]:
+    folder = Path(results_dir) / "teachers"
+    key = cache_key(name, spec, recipe, data_fp)
+    weights, meta_path = folder / f"{name}-{key}.pt", folder / f"{name}-{key}.json"
+    cached = load_cached(weights, meta_path, spec)
+    if cached is not None:
+        return cached
+    model, stats = train_teacher(spec, recipe, data, label=name, device=pick_device(train_on), progress=progress)
+    import io
+
+    import torch_pruning as tp
+
+    macs, params = tp.utils.count_ops_and_params(model, torch.from_numpy(data["val_x"][:1]))
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(weights, buf.getvalue())
+    meta = {"task": name, "key": key, "sha256": _sha256(weights), "params": int(params), "macs": int(macs),
+            "recipe": asdict(recipe), "spec": spec.to_dict(), "data": data_fp, "created": time.time(), **stats}
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    return model, meta
+
+
+def cached_meta(results_dir: str | Path, name: str) -> dict | None:
+    """Newest cached teacher metadata for a task name, without loading torch weights."""
+    folder = Path(results_dir) / "teachers"
+    metas = sorted(folder.glob(f"{name}-*.json"), key=os.path.getmtime, reverse=True) if folder.is_dir() else []
+    for m in metas:
+        try:
+            return json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+    return None

@@ -1,0 +1,122 @@
+"""Measurement cache: keyed by graph structure (not weights), profile and reference."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _measure_fixtures import models
+from onnx import TensorProto, helper, numpy_helper
+
+from search.config.profile import DeviceProfile
+from search.measure.cache import MeasurementCache, structure_key
+from search.measure.record import LatencyStats, Measurement
+
+PROFILE = DeviceProfile(name="cache-test")
+OTHER_PROFILE = DeviceProfile(name="cache-test", runtime={"threads": 2})
+
+
+class CountingBackend:
+    """Stands in for a real backend: the cache logic needs no timing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def measure(self, onnx_path: str | os.PathLike,
+                reference_path: str | os.PathLike | None = None) -> Measurement:
+        self.calls.append((Path(onnx_path).name, reference_path and Path(reference_path).name))
+        stats = LatencyStats(p50_ms=1.0 + len(self.calls), p90_ms=2.0, mean_ms=1.5, cv=0.01, runs=10)
+        return Measurement(latency=stats, memory_total_mb=20.0, memory_model_mb=10.0,
+                           memory_overhead_mb=10.0, batch=1, memory_batch=1, threads=1, rounds=1,
+                           ort_version="x", device="d", backend="fake",
+                           reference=stats if reference_path else None,
+                           ratio_p50=1.0 if reference_path else None)
+
+
+def test_structure_key_ignores_weights_but_not_structure():
+    m = models()
+    assert structure_key(m["fp32"]) == structure_key(m["fp32_other_weights"])
+    assert structure_key(m["fp32"]) != structure_key(m["fp32_narrow"])  # fewer channels
+    assert structure_key(m["fp32"]) != structure_key(m["int8"])  # QDQ nodes, int8 weights
+
+
+def test_structure_key_ignores_tensor_names_but_not_shape_constants(tmp_path):
+    model = onnx.load(models()["fp32"])
+    names = {n for node in model.graph.node for n in [*node.input, *node.output]}
+    names |= {t.name for t in model.graph.initializer}
+    renamed = {name: f"t{i}" for i, name in enumerate(sorted(names - {"input", "logits"}))}
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+        node.name = "x" + node.name
+    for t in model.graph.initializer:
+        t.name = renamed[t.name]
+    onnx.save(model, tmp_path / "renamed.onnx")
+    assert structure_key(tmp_path / "renamed.onnx") == structure_key(models()["fp32"])
+
+    def reshape(target: list[int]) -> Path:
+        shape = numpy_helper.from_array(np.array(target, np.int64), "shape")
+        g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "r",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+        path = tmp_path / f"reshape{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(helper.make_model(g), path)
+        return path
+
+    assert structure_key(reshape([-1, 2, 2])) != structure_key(reshape([-1, 4, 1]))
+
+
+def test_cache_hits_same_structure_and_misses_otherwise():
+    m = models()
+    cache, backend = MeasurementCache(), CountingBackend()
+    first = cache.measure(m["fp32"], PROFILE, backend)
+    assert cache.measure(m["fp32_other_weights"], PROFILE, backend) == first  # same structure, new weights
+    assert len(backend.calls) == 1 and cache.hits == 1
+    cache.measure(m["fp32_narrow"], PROFILE, backend)  # different structure
+    cache.measure(m["fp32"], OTHER_PROFILE, backend)  # different profile
+    cache.measure(m["fp32"], PROFILE, backend, reference_path=m["int8"])  # different reference
+    assert len(backend.calls) == 4 and cache.misses == 4
+
+
+def test_cache_persists_atomically_across_instances(tmp_path):
+    m = models()
+    backend = CountingBackend()
+    first = MeasurementCache(tmp_path / "cache").measure(m["fp32"], PROFILE, backend)
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
+    again = MeasurementCache(tmp_path / "cache")  # a new study process, same folder
+    assert again.measure(m["fp32_other_weights"], PROFILE, backend) == first and len(backend.calls) == 1
+    files[0].write_text("{torn")  # a damaged entry is measured again, not an error
+    assert MeasurementCache(tmp_path / "cache").measure(m["fp32"], PROFILE, backend) != first
+    assert len(backend.calls) == 2
+
+
+def test_failures_are_not_cached():
+    from search.errors import TrialFailure
+
+    class Failing(CountingBackend):
+        def measure(self, onnx_path, reference_path=None):
+            super().measure(onnx_path, reference_path)
+            raise TrialFailure("boom")
+
+    cache, backend = MeasurementCache(), Failing()
+    for _ in range(2):
+        with pytest.raises(TrialFailure):
+            cache.measure(models()["fp32"], PROFILE, backend)
+    assert len(backend.calls) == 2
+
+
+def test_cache_owns_the_drift_baseline_across_instances(tmp_path):
+    m = models()
+    first = MeasurementCache(tmp_path).measure(m["fp32"], PROFILE, CountingBackend(),
+                                               reference_path=m["fp32"])
+    assert first.reference_baseline == first.reference
+    # A later worker on the same folder measures another structure: its reference figures differ, but the
+    # baseline stays the first one, so the two corrected latencies are comparable.
+    later = MeasurementCache(tmp_path).measure(m["fp32_narrow"], PROFILE, CountingBackend(),
+                                               reference_path=m["fp32"])
+    assert later.reference_baseline == first.reference_baseline
+    assert later.corrected("p50") == later.ratio("p50") * first.reference.p50_ms
