@@ -57,10 +57,13 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path: Path, digits_task: Task
     meta = json.loads(next(teachers.glob("*.json")).read_text())
     assert meta["sha256"] != digits_task.teacher_info["sha256"] or meta["created"] > digits_task.teacher_info["created"]
     assert task.teacher_info["val_accuracy"] >= 0.95
-    # a half-written file (truncated) is caught too
+    # a half-written file (truncated) is caught too, and never loaded
+    from search.tasks.models import DIGITS_SPEC
+    from search.tasks.teacher import load_cached
+
     weights.write_bytes(weights.read_bytes()[:100])
-    load_task("digits", results_dir=tmp_path, progress=False)
-    assert "unusable" in capsys.readouterr().err
+    assert load_cached(weights, weights.with_suffix(".json"), DIGITS_SPEC) is None
+    assert "checksum mismatch" in capsys.readouterr().err
 
 
 USER_TASK = '''

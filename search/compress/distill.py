@@ -1,0 +1,237 @@
+"""Knowledge distillation: fine-tune a (pruned) student towards the teacher's soft targets.
+
+The teacher's logits are best computed once per task (`teacher_logits`) and passed in: a trial
+then costs only student forward/backward passes. Training is deterministic for a seed on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from search.errors import TrialFailure
+
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    steps: int
+    epochs: float  # samples seen / training-set size
+    final_loss: float  # mean loss over the last up-to-20 steps
+    seconds: float
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T)).
+
+    T^2 keeps the soft term's gradient scale independent of T (Hinton et al.); batch mean.
+    """
+    t = float(temperature)
+    ce = F.cross_entropy(student_logits, labels)
+    if alpha >= 1.0:
+        return ce
+    kl = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                  reduction="batchmean", log_target=True)
+    return alpha * ce + (1.0 - alpha) * t * t * kl
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 512,
+                   device: str | torch.device = "cpu") -> torch.Tensor:
+    """Logits of `teacher` for every sample of `dataset`, in index order (eval mode, no grad)."""
+    was_training = teacher.training
+    teacher.eval().to(device)
+    out = []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            out.append(teacher(batch[0].to(device)).float().cpu())
+    finally:
+        teacher.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+class _Indexed(Dataset):
+    """(x, y, index) so precomputed teacher logits line up with whatever sampler is used."""
+
+    def __init__(self, base: Dataset, indices: torch.Tensor) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = int(self.indices[i])
+        x, y = self.base[j][:2]
+        return x, y, j
+
+
+def _batches(dataset: Dataset, indices: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
+    """Yield `steps` shuffled batches (x, y, idx), reshuffling every pass over `indices`."""
+    tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
+    made = 0
+    while made < steps:
+        order = indices[torch.randperm(len(indices), generator=gen)]
+        if tensors is not None:  # fast path: slice tensors instead of collating single items
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                yield tensors[0][idx], tensors[1][idx], idx
+                made += 1
+                if made == steps:
+                    return
+        else:
+            loader = DataLoader(_Indexed(dataset, order), batch_size=batch_size, shuffle=False)
+            for x, y, idx in loader:
+                yield x, y, idx
+                made += 1
+                if made == steps:
+                    return
+
+
+def distill(
+    student: nn.Module,
+    train_dataset: Dataset,
+    teacher_logits: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    *,
+    temperature: float,
+    alpha: float,
+    epochs: float | None = None,
+    steps: int | None = None,
+    max_samples: int | None = None,
+    lr: float = 3e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | ProgressFn = False,
+    weight_decay: float = 1e-4,
+    num_threads: int | None = None,
+) -> DistillResult:
+    """Fine-tune `student` in place with `kd_loss` (AdamW, warm-up + cosine); leaves it in eval mode.
+
+    Give `teacher_logits` (aligned with `train_dataset` indices) or a `teacher` (run frozen, eval
+    mode). Budget: `steps`, else `epochs` (default 1) over at most `max_samples` samples, a subset
+    fixed by `seed`. A non-finite loss raises TrialFailure naming the step. `num_threads` caps
+    torch's CPU threads for the run: small models train faster on one thread, and much faster
+    when other processes share the cores (OpenMP workers spin against them).
+    """
+    if teacher_logits is None and teacher is None:
+        raise ValueError("distill needs teacher_logits or a teacher")
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0 (got alpha={alpha}, T={temperature})")
+    n_total = len(train_dataset)
+    if teacher_logits is not None and len(teacher_logits) != n_total:
+        raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for {n_total} samples")
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.arange(n_total)
+    if max_samples is not None and max_samples < n_total:
+        indices = torch.randperm(n_total, generator=gen)[:max_samples].sort().values
+    n = len(indices)
+    if steps is None:
+        steps = max(1, math.ceil((1.0 if epochs is None else epochs) * n / batch_size))
+    student.to(device).train()
+    for p in student.parameters():  # a copy of a frozen teacher arrives with requires_grad off
+        p.requires_grad_(True)
+    teacher_was_training = teacher is not None and teacher.training
+    if teacher is not None:
+        teacher.to(device).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
+    bar = _progress_bar(progress, steps)
+    recent: list[float] = []
+    seen = 0
+    start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    # Seed dropout & co. without disturbing the caller's global CPU random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            for step, (x, y, idx) in enumerate(_batches(train_dataset, indices, batch_size, steps, gen), 1):
+                x, y = x.to(device), y.to(device)
+                if teacher_logits is not None:
+                    t_logits = teacher_logits[idx].to(device)
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                loss = kd_loss(student(x), t_logits, y, temperature, alpha)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrialFailure(f"non-finite loss at step {step} of {steps} ({value}; lr={lr:g}, "
+                                       f"T={temperature:g}, alpha={alpha:g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(y)
+                recent = (recent + [value])[-20:]
+                if bar is not None:
+                    bar(step, steps, value)
+        finally:
+            student.eval()
+            if teacher is not None:
+                teacher.train(teacher_was_training)
+            if hasattr(bar, "close"):
+                bar.close()
+            torch.set_num_threads(threads_before)
+    return DistillResult(steps=steps, epochs=seen / max(n, 1), final_loss=sum(recent) / max(len(recent), 1),
+                         seconds=time.perf_counter() - start)
+
+
+def _warmup_cosine(steps: int) -> Callable[[int], float]:
+    """LR factor: linear warm-up over the first 10% of steps, then cosine to zero. Unlike
+    OneCycleLR it is defined for any number of steps, including one."""
+    warm = max(1, round(0.1 * steps))
+
+    def factor(i: int) -> float:
+        if steps <= 1:
+            return 1.0
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1.0 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
+
+    return factor
+
+
+class _Tqdm:
+    def __init__(self, total: int) -> None:
+        from tqdm.auto import tqdm  # only when asked for: tqdm is an optional nicety
+
+        self.bar = tqdm(total=total, desc="distill", leave=False)
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        self.bar.update(1)
+        if step % 10 == 0 or step == total:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(progress: bool | ProgressFn, total: int) -> ProgressFn | None:
+    if callable(progress):
+        return progress
+    return _Tqdm(total) if progress else None
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
+             device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy of a PyTorch model (for tests and sanity checks; trials score the ONNX file)."""
+    model.eval().to(device)
+    correct = total = 0
+    with torch.no_grad():
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            pred = model(batch[0].to(device)).argmax(-1).cpu()
+            correct += int((pred == batch[1]).sum())
+            total += len(batch[1])
+    return correct / max(total, 1)
+

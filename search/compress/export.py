@@ -1,0 +1,124 @@
+"""Export a PyTorch model to ONNX (dynamo exporter) with a dynamic batch dimension.
+
+The exported nodes keep `pkg.torch.onnx.name_scopes`, which maps them back to module names
+(see `onnx_names`); the bulky per-node stack traces are dropped: they inflate small models several
+times over and leak local file paths into a file meant for deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from search.errors import TrialFailure
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# Node metadata worth keeping: module scopes (layer mapping) and class names (debugging).
+KEEP_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's prints, warnings and log lines (it is chatty even on success)."""
+    # torch's log handlers hold the original stderr, so redirecting it is not enough: mute
+    # logging below ERROR for the duration (process-wide, but exports are short).
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _strip_metadata(model: onnx.ModelProto) -> None:
+    del model.graph.metadata_props[:]  # the ExportedProgram's signature: kilobytes nobody reads
+    for node in model.graph.node:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key in KEEP_METADATA]
+        del node.metadata_props[:]
+        for k, v in keep:
+            node.metadata_props.add(key=k, value=v)
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike,
+                verify: bool = True, atol: float = 1e-4) -> Path:
+    """Write `model` (eval mode) as ONNX to `path`: input "input" [batch, *input_shape] float32,
+    output "logits"; one self-contained file. With `verify`, ONNX Runtime must reproduce PyTorch's
+    outputs on a random batch (within `atol` relative to the logits' scale) or this raises.
+    Any failure raises TrialFailure with a short reason.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if device.type != "cpu":  # export and verify on CPU, where the model will be measured
+        model = copy.deepcopy(model).cpu()
+    # Batch 2: torch.export specialises a dimension whose example size is 1.
+    example = torch.rand(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1, max=65_536)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), verbose=False, report=False,
+            )
+            proto = program.model_proto
+            _strip_metadata(proto)
+            onnx.save_model(proto, str(path))
+    except Exception as exc:
+        raise TrialFailure(f"ONNX export failed{_step(exc)}: {short_reason(exc)}") from exc
+    if verify:
+        check_export(model, path, input_shape, atol=atol)
+    return path
+
+
+def check_export(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
+                 batch: int = 3, atol: float = 1e-4, seed: int = 0) -> float:
+    """Max |ORT - PyTorch| on a random batch, scaled by the logits' magnitude; raises TrialFailure
+    above `atol` (a graph that does not compute what the model computes must not be scored)."""
+    import onnxruntime as ort
+
+    x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.eval()(x).float().numpy()
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {INPUT_NAME: x.numpy()})[0]
+    except Exception as exc:
+        raise TrialFailure(f"exported ONNX does not run in ONNX Runtime: {short_reason(exc)}") from exc
+    err = float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+    if got.shape != ref.shape or not err <= atol:
+        raise TrialFailure(f"exported ONNX differs from PyTorch (relative error {err:.2e} > {atol:g})")
+    return err
+
+
+def short_reason(exc: BaseException) -> str:
+    """`RootCauseType: first line` of the innermost cause, without terminal colour codes."""
+    root, seen = exc, {id(exc)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
+    text = [t.strip() for t in _ANSI.sub("", str(root)).splitlines() if t.strip()]
+    return f"{type(root).__name__}: {text[0] if text else ''}"[:300].rstrip(": ")
+
+
+def _step(exc: BaseException) -> str:
+    """The exporter's stage ("step 1/3" is torch.export, "step 3/3" the ONNX translation)."""
+    found = re.search(r"step \d/\d", _ANSI.sub("", str(exc)))
+    return f" at {found.group(0)}" if found else ""

@@ -1,0 +1,86 @@
+"""`hwsearch run`: parse, call search.run, print where the results are."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {n}")
+    return n
+
+
+def _non_negative_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _positive_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {v!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {v}")
+    return x
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run (or resume) a search study")
+    p.add_argument("--task", required=True, help="digits, fashion-mnist, path/to/file.py:function or pkg.mod:function")
+    p.add_argument("--space", required=True, metavar="FILE", help="search-space YAML (spaces/default.yaml)")
+    p.add_argument("--device", required=True, metavar="FILE", help="device-profile YAML")
+    p.add_argument("--trials", required=True, type=_positive_int, help="explore trials (baselines included)")
+    p.add_argument("--study", required=True, help="study name (results/<study>/)")
+    p.add_argument("--storage", help="sqlite:///..., postgresql://... or journal:PATH "
+                   "(default results/<study>/study.db)")
+    p.add_argument("--artifacts", metavar="DIR", help="shared artifact folder (default results/<study>/artifacts)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
+    p.add_argument("--sampler", choices=("tpe", "nsga2", "random", "gp"), default="tpe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=_positive_float, metavar="SEC", help="stop starting trials after this long")
+    p.add_argument("--results", default="results", metavar="DIR")
+    p.add_argument("--refine", type=_non_negative_int, default=0, metavar="K",
+                   help="retrain K front points with the space's longer refine budget")
+    p.add_argument("--train-on", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.study import run
+
+    try:
+        result = run(args.task, args.space, args.device, args.trials, args.study, storage=args.storage,
+                     artifacts=args.artifacts, workers=args.workers, sampler=args.sampler, seed=args.seed,
+                     timeout=args.timeout, results=args.results, refine=args.refine, train_on=args.train_on,
+                     data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id)
+    except KeyboardInterrupt:
+        print(f"stopped: study '{args.study}' keeps every finished trial; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    if args.worker_id:
+        return 0
+    print(f"study '{result.study_name}': {result.n_complete} complete, {result.n_failed} failed, "
+          f"{len(result.front_trials)} feasible front points")
+    try:
+        from search.inspect.commands import print_front
+    except ImportError:
+        print(f"front trials: {', '.join(map(str, result.front_trials))}")
+    else:
+        print_front(result)
+    print(f"results: {result.results_dir}/ (storage {result.storage_url})")
+    return 0

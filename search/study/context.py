@@ -1,0 +1,102 @@
+"""Everything a trial needs that does not change between trials, built once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search.config import DeviceProfile, SearchSpace
+from search.measure.cache import MeasurementCache
+from search.study.sampling import SearchLayers
+from search.tasks import Task
+from search.utils.atomic import atomic_write_bytes
+
+
+def dataset_arrays(ds, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels) of a map-style dataset as numpy arrays (TensorDatasets without a copy loop)."""
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        x, y = tensors[0], tensors[1]
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        return x.numpy().astype(np.float32, copy=False), y.numpy()
+    n = len(ds) if limit is None else min(limit, len(ds))
+    xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
+    return torch.stack(list(xs)).numpy().astype(np.float32), torch.as_tensor(ys).numpy()
+
+
+def calibration_sample(ds, samples: int, seed: int) -> np.ndarray:
+    """A fixed random sample of training inputs for static quantization."""
+    n = len(ds)
+    idx = np.random.default_rng(seed).choice(n, size=min(samples, n), replace=False)
+    tensors = getattr(ds, "tensors", None)
+    if tensors is not None:
+        return tensors[0][torch.from_numpy(np.sort(idx))].numpy().astype(np.float32)
+    return torch.stack([ds[int(i)][0] for i in np.sort(idx)]).numpy().astype(np.float32)
+
+
+def teacher_fingerprint(teacher: torch.nn.Module, n_train: int) -> str:
+    h = hashlib.sha256(str(n_train).encode())
+    for k, v in sorted(teacher.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> torch.Tensor:
+    """The teacher's logits on the training set, computed once per teacher and kept on disk."""
+    from search.compress import teacher_logits
+
+    path = cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, len(task.train))}.pt"
+    if path.is_file():
+        try:
+            logits = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(logits, torch.Tensor) and logits.shape == (len(task.train), task.num_classes):
+                return logits
+        except Exception as e:  # a torn or foreign file: recompute, never trust it
+            print(f"warning: ignoring unreadable logits cache {path} ({type(e).__name__})", file=sys.stderr)
+    logits = teacher_logits(task.teacher, task.train, batch_size=1000, device=device)
+    buf = io.BytesIO()
+    torch.save(logits, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return logits
+
+
+@dataclass
+class Context:
+    task: Task
+    space: SearchSpace
+    profile: DeviceProfile
+    study_dir: Path
+    reference_onnx: Path
+    layers: SearchLayers
+    bits: tuple[int, ...]
+    teacher_metrics: dict
+    calibration: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    cache: MeasurementCache
+    backend: object
+    device: torch.device
+    seed: int
+    logits_dir: Path
+    threads: int | None = None  # torch threads for distillation (cores / workers: no oversubscription)
+    _logits: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.rand(1, *self.task.input_shape, generator=torch.Generator().manual_seed(0))
+
+    def teacher_logits(self) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = cached_teacher_logits(self.task, self.logits_dir, self.device)
+        return self._logits
+
+    def measure(self, onnx_path: Path):
+        return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx)

@@ -1,0 +1,190 @@
+"""One trial: sample a plan, prune, measure the structure first, then distil, export, quantize, evaluate."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+
+from search.errors import TrialFailure
+from search.measure.accuracy import onnx_accuracy
+from search.study.context import Context
+from search.study.record import (
+    T_BUDGET,
+    T_CONSTRAINTS,
+    T_FAIL_REASON,
+    T_FEASIBLE,
+    T_MEASUREMENT,
+    T_METRICS,
+    T_ONNX_ARTIFACT,
+    T_PLAN,
+    T_PLAN_ARTIFACT,
+    T_SKIPPED,
+    T_STAGE_SECONDS,
+    T_TRAINED,
+    T_WORKER,
+)
+from search.study.sampling import sample_plan
+
+MB = 1024 * 1024
+
+
+class StageTimer:
+    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._on_stage = on_stage
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self._on_stage:
+            self._on_stage(stage)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def hardware_constraints(ctx: Context, latency_ms: float, memory_mb: float, model_mb: float) -> dict[str, float]:
+    """Budget constraints, feasible when <= 0 (Optuna's convention)."""
+    b = ctx.profile.budgets
+    out = {}
+    if b.latency_ms is not None:
+        out["latency_ms"] = latency_ms - b.latency_ms
+    if b.memory_mb is not None:
+        out["memory_mb"] = memory_mb - b.memory_mb
+    if b.model_mb is not None:
+        out["model_mb"] = model_mb - b.model_mb
+    return out
+
+
+def accuracy_constraint(ctx: Context, accuracy: float) -> dict[str, float]:
+    a = ctx.space.accuracy
+    out = {}
+    if a.min_accuracy is not None:
+        out["min_accuracy"] = a.min_accuracy - accuracy
+    if a.max_drop is not None:
+        out["max_accuracy_drop"] = (ctx.teacher_metrics["accuracy"] - accuracy) - a.max_drop
+    return out
+
+
+class Objective:
+    """Callable for `study.optimize`; knows the pipeline, not how any stage works inside."""
+
+    def __init__(self, ctx: Context, artifact_store, on_stage: Callable[[int, str], None] | None = None) -> None:
+        self.ctx = ctx
+        self.store = artifact_store
+        self.on_stage = on_stage
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        timer = StageTimer(lambda s: self.on_stage(trial.number, s) if self.on_stage else None)
+        work = self.ctx.study_dir / "tmp" / f"trial-{trial.number}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run(trial, timer, work)
+        except Exception as e:
+            reason = str(e) if isinstance(e, TrialFailure) else f"{type(e).__name__}: {e}"
+            trial.set_user_attr(T_FAIL_REASON, " ".join(reason.split())[:500])
+            trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _budget(self, trial: optuna.Trial):
+        refine = trial.user_attrs.get(T_BUDGET) == "refine"
+        d = self.ctx.space.distillation
+        return ("refine", d.refine) if refine else ("explore", d.budget)
+
+    def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
+        from search.compress import distill, export_onnx, prune, quantize
+
+        ctx = self.ctx
+        budget_name, budget = self._budget(trial)
+        trial.set_user_attr(T_BUDGET, budget_name)
+        trial.set_user_attr(T_WORKER, f"{socket.gethostname()}:{os.getpid()}")
+        plan = sample_plan(trial, ctx.space, ctx.layers, ctx.bits, ctx.seed)
+        trial.set_user_attr(T_PLAN, plan.to_dict())
+        skipped: dict[str, str] = {}
+        pruned = any(r > 0 for r in plan.prune.values())
+
+        with timer("prune"):  # all-zero ratios: an unchanged copy of the teacher, with its counts
+            pr = prune(ctx.task.teacher, ctx.example, dict(plan.prune), channel_multiple=ctx.profile.channel_multiple,
+                       importance=ctx.space.pruning.importance, never_prune=ctx.space.pruning.never_prune)
+        student, macs, params = pr.model, pr.macs_after, pr.params_after
+        skipped.update({k: f"prune: {v}" for k, v in pr.skipped.items() if plan.prune.get(k, 0) > 0})
+
+        def export_and_quantize(tag: str) -> Path:
+            with timer("export"):
+                fp32 = export_onnx(student, ctx.task.input_shape, work / f"{tag}-fp32.onnx")
+            with timer("quantize"):
+                q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
+                             per_channel=ctx.space.quantization.per_channel,
+                             method=ctx.space.quantization.calibration.method)
+            skipped.update({k: f"quantize: {v}" for k, v in q.skipped.items()})
+            return q.path
+
+        # Hardware first: latency and memory do not depend on trained weights.
+        candidate = export_and_quantize("structure")
+        with timer("measure"):
+            m = ctx.measure(candidate)
+        if m.stopped:
+            trial.set_user_attr(T_MEASUREMENT, m.to_dict())
+            raise TrialFailure(f"over memory budget: {m.error}")
+        latency = m.objective(ctx.profile.measure.statistic)
+        memory = float(m.memory_total_mb)
+        model_mb = candidate.stat().st_size / MB
+        hw = hardware_constraints(ctx, latency, memory, model_mb)
+        trained = False
+        if all(v <= 0 for v in hw.values()) and pruned and (budget.epochs or budget.steps):
+            with timer("distill"):
+                distill(student, ctx.task.train, teacher_logits=ctx.teacher_logits(), temperature=plan.temperature,
+                        alpha=plan.alpha, epochs=budget.epochs, steps=budget.steps, max_samples=budget.max_samples,
+                        lr=ctx.space.distillation.lr, batch_size=ctx.space.distillation.batch_size, seed=plan.seed,
+                        device=ctx.device, num_threads=ctx.threads)
+            student.cpu()
+            trained = True
+            candidate = export_and_quantize("final")
+            with timer("measure"):  # same structure: a cache hit, unless quantization changed the graph
+                m = ctx.measure(candidate)
+            latency = m.objective(ctx.profile.measure.statistic)
+            memory = float(m.memory_total_mb)
+            model_mb = candidate.stat().st_size / MB
+            hw = hardware_constraints(ctx, latency, memory, model_mb)
+        with timer("evaluate"):
+            accuracy = onnx_accuracy(candidate, ctx.val_x, ctx.val_y)
+        constraints = {**hw, **accuracy_constraint(ctx, accuracy)}
+        for name, value in constraints.items():
+            trial.set_constraint(name, float(value))
+        with timer("store"):
+            model_file = work / "model.onnx"  # the name `export` hands out
+            shutil.copyfile(candidate, model_file)
+            onnx_id = optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(model_file),
+                                                       study_or_trial=trial)
+            plan_file = work / "plan.json"
+            plan_file.write_text(plan.to_json(indent=2))
+            plan_id = optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(plan_file),
+                                                       study_or_trial=trial)
+        trial.set_user_attr(T_ONNX_ARTIFACT, onnx_id)
+        trial.set_user_attr(T_PLAN_ARTIFACT, plan_id)
+        trial.set_user_attr(T_TRAINED, trained)
+        trial.set_user_attr(T_FEASIBLE, all(v <= 0 for v in constraints.values()))
+        trial.set_user_attr(T_CONSTRAINTS, constraints)
+        trial.set_user_attr(T_MEASUREMENT, m.to_dict())
+        trial.set_user_attr(T_SKIPPED, skipped)
+        trial.set_user_attr(T_METRICS, {
+            "accuracy": accuracy, "latency_ms": latency, "memory_mb": memory, "model_mb": model_mb,
+            "latency_raw_ms": m.latency.get(ctx.profile.measure.statistic) if m.latency else None,
+            "memory_model_mb": m.memory_model_mb, "macs": int(macs), "params": int(params),
+        })
+        trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
+        return accuracy, latency, memory

@@ -1,0 +1,94 @@
+"""What a study stores, in one place: the attribute names and the typed view of a trial.
+
+The search (writer) and the inspection commands (readers: front, plot, export) share this
+module, so a renamed attribute breaks loudly in one spot instead of silently in three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Objectives, in Optuna's value order.
+OBJECTIVES: tuple[str, ...] = ("accuracy", "latency_ms", "memory_mb")
+DIRECTIONS: tuple[str, ...] = ("maximize", "minimize", "minimize")
+
+# Study user attributes.
+S_TASK = "task"  # task spec string (e.g. "fashion-mnist")
+S_SPACE = "space"  # SearchSpace.model_dump(mode="json")
+S_SPACE_FILE = "space_file"
+S_PROFILE = "profile"  # DeviceProfile.model_dump(mode="json")
+S_PROFILE_FILE = "profile_file"
+S_PROFILE_DIGEST = "profile_digest"
+S_TEACHER = "teacher"  # {"accuracy", "latency_ms", "memory_mb", "model_mb", "params", "macs"}
+S_REFERENCE_BASELINE = "reference_baseline"  # LatencyStats dict of the fp32 teacher: the drift anchor
+S_LAYERS = "layers"  # {"prunable": [...], "quantizable": [...], "blocks": {block: [layers]}}
+S_ARTIFACTS = "artifacts_dir"
+S_SEED = "seed"
+S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the study folder
+
+# Trial user attributes.
+T_PLAN = "plan"  # Plan.to_dict()
+T_BASELINE = "baseline"  # "teacher-fp32" | "teacher-int8" | "prune25-kd-int8" | "prune50-kd-int8"
+T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer budget
+T_BUDGET = "budget"  # "explore" | "refine"
+T_TRAINED = "trained"  # False when hardware-first skipping skipped distillation
+T_FEASIBLE = "feasible"
+T_CONSTRAINTS = "constraints"  # {name: value}; feasible when every value <= 0
+T_METRICS = "metrics"  # {"accuracy", "latency_ms", "latency_raw_ms", "memory_mb", "memory_model_mb",
+#                         "model_mb", "macs", "params"}
+T_MEASUREMENT = "measurement"  # Measurement.to_dict()
+T_STAGE_SECONDS = "stage_seconds"  # {"prune", "measure", "distill", "export", "quantize", "evaluate"}
+T_SKIPPED = "skipped_layers"  # {layer: reason} (pruning or quantization could not apply it)
+T_FAIL_REASON = "fail_reason"
+T_WORKER = "worker"  # host:pid of the process that ran the trial
+T_ONNX_ARTIFACT = "onnx_artifact_id"
+T_PLAN_ARTIFACT = "plan_artifact_id"
+
+BASELINES: tuple[str, ...] = ("teacher-fp32", "teacher-int8", "prune25-kd-int8", "prune50-kd-int8")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A typed view of one Optuna FrozenTrial as the search wrote it."""
+
+    number: int
+    state: str  # COMPLETE | FAIL | RUNNING | WAITING | PRUNED
+    values: tuple[float, ...] | None
+    plan: dict | None
+    metrics: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)
+    feasible: bool = False
+    trained: bool = False
+    baseline: str | None = None
+    refined_from: int | None = None
+    budget: str | None = None
+    stage_seconds: dict = field(default_factory=dict)
+    skipped_layers: dict = field(default_factory=dict)
+    fail_reason: str | None = None
+    onnx_artifact: str | None = None
+    plan_artifact: str | None = None
+    measurement: dict | None = None
+
+    @classmethod
+    def from_trial(cls, t: Any) -> TrialRecord:
+        ua = t.user_attrs
+        return cls(
+            number=t.number,
+            state=t.state.name,
+            values=tuple(t.values) if t.values is not None else None,
+            plan=ua.get(T_PLAN),
+            metrics=ua.get(T_METRICS, {}),
+            constraints=ua.get(T_CONSTRAINTS, {}),
+            feasible=bool(ua.get(T_FEASIBLE, False)),
+            trained=bool(ua.get(T_TRAINED, False)),
+            baseline=ua.get(T_BASELINE),
+            refined_from=ua.get(T_REFINED_FROM),
+            budget=ua.get(T_BUDGET),
+            stage_seconds=ua.get(T_STAGE_SECONDS, {}),
+            skipped_layers=ua.get(T_SKIPPED, {}),
+            fail_reason=ua.get(T_FAIL_REASON),
+            onnx_artifact=ua.get(T_ONNX_ARTIFACT),
+            plan_artifact=ua.get(T_PLAN_ARTIFACT),
+            measurement=ua.get(T_MEASUREMENT),
+        )

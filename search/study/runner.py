@@ -1,0 +1,216 @@
+"""`search.run`: create or resume a study, run trials (in W processes), refine the best, write the outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from search.config import load_profile, load_space
+from search.errors import UserError
+from search.study.record import BASELINES, DIRECTIONS, T_BASELINE, T_BUDGET, T_FAIL_REASON, T_FEASIBLE, T_REFINED_FROM
+from search.study.storage import default_url, make_sampler, open_storage
+
+
+@dataclass(frozen=True)
+class RunResult:
+    study_name: str
+    storage_url: str
+    results_dir: Path
+    n_complete: int
+    n_failed: int
+    front_trials: tuple[int, ...]
+    interrupted: bool = False
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Explore trials that count toward N: finished ones and genuine failures (a dead worker's trial is
+    retried, so it does not count), plus the ones running now."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(T_BUDGET) == "refine" or t.user_attrs.get(T_REFINED_FROM) is not None:
+            continue
+        done = t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        if done or (t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get(T_FAIL_REASON)):
+            n += 1
+    return n
+
+
+def _explore(t: optuna.trial.FrozenTrial) -> bool:
+    return t.user_attrs.get(T_BUDGET) != "refine" and t.user_attrs.get(T_REFINED_FROM) is None
+
+
+def _waiting(study: optuna.Study) -> bool:
+    return any(_explore(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def _running(study: optuna.Study) -> bool:
+    return any(_explore(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.best_trials if t.user_attrs.get(T_FEASIBLE)]
+
+
+def _dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+    """a is at least as good on every objective and better on one (accuracy max, the rest min)."""
+    sa = (-a.values[0], *a.values[1:])
+    sb = (-b.values[0], *b.values[1:])
+    return all(x <= y for x, y in zip(sa, sb, strict=True)) and sa != sb
+
+
+def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The K most promising trained, feasible trials not yet refined: their own Pareto layers in order
+    (first layer first), each layer spread along latency (fastest, slowest, between)."""
+    if k <= 0:
+        return []
+    done = {t.user_attrs.get(T_REFINED_FROM) for t in study.get_trials(deepcopy=False)}
+    pool = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE) and t.number not in done
+            and t.user_attrs.get(T_REFINED_FROM) is None]
+    chosen: list[optuna.trial.FrozenTrial] = []
+    while pool and len(chosen) < k:
+        layer = sorted((t for t in pool if not any(_dominates(o, t) for o in pool)), key=lambda t: t.values[1])
+        need = k - len(chosen)
+        if len(layer) > need:
+            idx = sorted({round(i * (len(layer) - 1) / max(1, need - 1)) for i in range(need)}) if need > 1 else [0]
+            layer = [layer[i] for i in idx]
+        chosen += layer
+        pool = [t for t in pool if t not in layer]
+    return chosen
+
+
+def _worker_cmd(args: dict, worker_id: int) -> list[str]:
+    cmd = [sys.executable, "-m", "search", "run", "--worker-id", str(worker_id), "--no-progress", "--workers", "1"]
+    for flag in ("task", "space", "device", "trials", "study", "storage", "artifacts", "sampler", "seed", "timeout",
+                 "results", "train_on", "data_dir"):
+        v = args.get(flag)
+        if v is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(v)]
+    return cmd
+
+
+def run(task: str, space: str | Path, device: str | Path, trials: int, study: str, *, storage: str | None = None,
+        artifacts: str | Path | None = None, workers: int = 1, sampler: str = "tpe", seed: int = 0,
+        timeout: float | None = None, results: str | Path = "results", refine: int = 0, train_on: str = "auto",
+        data_dir: str | Path | None = None, progress: bool = True, worker_id: int = 0,
+        write_outputs: bool = True) -> RunResult:
+    """Run (or resume) the study until it has `trials` explore trials, then refine `refine` front points."""
+    if trials <= 0:
+        raise UserError(f"--trials must be a positive number, got {trials}")
+    if workers <= 0:
+        raise UserError(f"--workers must be a positive number, got {workers}")
+    if refine < 0:
+        raise UserError(f"--refine must be 0 or more, got {refine}")
+    space_cfg, profile = load_space(space), load_profile(device)
+    space_cfg.bits_for(profile, source=str(space))
+    study_dir = Path(results) / study
+    url = storage or default_url(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    artifacts_dir = Path(artifacts) if artifacts else study_dir / "artifacts"
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+
+    from search.study.objective import Objective
+    from search.study.progress import TrialProgress
+    from search.study.sampling import baseline_params
+    from search.study.setup import build_context, check_same_setup
+    from search.tasks import load_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(study_name=study, storage=open_storage(url), directions=list(DIRECTIONS),
+                             sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
+                             load_if_exists=True)
+    check_same_setup(st, task, space_cfg, profile)
+    t = load_task(task, data_dir=data_dir, results_dir=results, train_on=train_on, progress=progress)
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                  // workers)
+    ctx = build_context(st, t, space_cfg, profile, study_dir, seed=seed, train_on=train_on, threads=threads,
+                        task_spec=task,
+                        space_file=str(space), profile_file=str(device))
+    from search.study.record import S_ARTIFACTS
+
+    if worker_id == 0:
+        st.set_user_attr(S_ARTIFACTS, str(artifacts_dir.resolve()))
+        for name, params in baseline_params(space_cfg, ctx.layers, ctx.bits).items():
+            st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
+
+    store = optuna.artifacts.FileSystemArtifactStore(str(artifacts_dir))
+    heartbeats = isinstance(st._storage, optuna.storages.RDBStorage) or hasattr(st._storage, "get_heartbeat_interval")
+    heartbeats = heartbeats and st._storage.get_heartbeat_interval() is not None
+    bar = TrialProgress(st, total=trials + refine, enabled=progress)
+    objective = Objective(ctx, store, on_stage=bar.stage)
+    children: list[subprocess.Popen] = []
+    if worker_id == 0 and workers > 1:
+        call = dict(task=task, space=space, device=device, trials=trials, study=study, storage=url,
+                    artifacts=artifacts_dir, sampler=sampler, seed=seed, timeout=timeout, results=results,
+                    train_on=train_on, data_dir=data_dir)
+        children = [subprocess.Popen(_worker_cmd(call, i), stdout=subprocess.DEVNULL) for i in range(1, workers)]
+    deadline = time.monotonic() + timeout if timeout else None
+    interrupted = False
+    try:
+        with bar:
+            while deadline is None or time.monotonic() < deadline:
+                if counted_trials(st) < trials or _waiting(st):
+                    st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done])
+                elif _running(st) and heartbeats:
+                    # Another worker's trial: wait for it; if that worker died, its heartbeat goes
+                    # stale, the trial is failed and re-queued (WAITING), and we run it.
+                    optuna.storages.fail_stale_trials(st)
+                    bar.refresh()
+                    time.sleep(1.0)
+                else:
+                    break
+            for c in children:
+                while c.poll() is None:
+                    bar.refresh()
+                    time.sleep(0.5)
+            if worker_id == 0 and refine:
+                for ft in pick_refine(st, refine):
+                    st.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: "refine",
+                                                            **({T_BASELINE: ft.user_attrs[T_BASELINE]}
+                                                               if T_BASELINE in ft.user_attrs else {})})
+                waiting = [x for x in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))]
+                for _ in waiting:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+                    st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done])
+    except KeyboardInterrupt:
+        interrupted = True
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGINT)
+        for c in children:
+            try:
+                c.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                c.kill()
+    finished = st.get_trials(deepcopy=False)
+    result = RunResult(
+        study_name=study, storage_url=url, results_dir=study_dir,
+        n_complete=sum(x.state == optuna.trial.TrialState.COMPLETE for x in finished),
+        n_failed=sum(x.state == optuna.trial.TrialState.FAIL for x in finished),
+        front_trials=tuple(x.number for x in feasible_front(st)), interrupted=interrupted,
+    )
+    if interrupted:
+        raise KeyboardInterrupt
+    if worker_id == 0 and write_outputs:
+        _write_outputs(st, study_dir)
+    return result
+
+
+def _write_outputs(st: optuna.Study, study_dir: Path) -> None:
+    """front.csv and report.html (the inspection stage), when it is part of this build."""
+    try:
+        from search.inspect import write_outputs
+    except ImportError:
+        return
+    write_outputs(st, study_dir)
+
+
+__all__ = ["BASELINES", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]

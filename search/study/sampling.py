@@ -1,0 +1,95 @@
+"""Space -> Plan: which parameters a trial samples, and the baseline plans enqueued first."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+
+from search.config import SearchSpace
+from search.plan import Plan
+
+
+@dataclass(frozen=True)
+class SearchLayers:
+    """The model's search units, computed once from the teacher (and stored in the study).
+
+    `groups`: {deciding layer: coupled layers} — one ratio per group (coupled layers share channels).
+    `blocks`: {block: deciding layers} for `granularity: block`. `quantizable`: layers owning a
+    Conv/Gemm/MatMul node in the teacher's ONNX graph (one bit-width each).
+    """
+
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    blocks: dict[str, list[str]] = field(default_factory=dict)
+    quantizable: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchLayers:
+        return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"])
+
+    def prune_units(self, granularity: str) -> dict[str, list[str]]:
+        """{parameter suffix: deciding layers it sets}."""
+        if granularity == "block":
+            return self.blocks
+        return {g: [g] for g in self.groups}
+
+
+def _float(trial: optuna.Trial, name: str, low: float, high: float, log: bool) -> float:
+    if low == high:  # fixed by the space: not a search dimension
+        return low
+    return trial.suggest_float(name, low, high, log=log)
+
+
+def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...],
+                seed: int) -> Plan:
+    """One Plan per trial; enqueued (baseline or refined) trials get their fixed parameters back."""
+    d = space.distillation
+    temperature = _float(trial, "temperature", d.temperature.low, d.temperature.high, d.temperature.log)
+    alpha = _float(trial, "alpha", d.alpha.low, d.alpha.high, False)
+    prune: dict[str, float] = {}
+    ratios = tuple(float(r) for r in space.pruning.ratios)
+    for unit, deciders in layers.prune_units(space.pruning.granularity).items():
+        r = ratios[0] if len(ratios) == 1 else float(trial.suggest_categorical(f"prune.{unit}", ratios))
+        for layer in deciders:
+            prune[layer] = r
+    plan_bits: dict[str, int] = {}
+    for layer in layers.quantizable:
+        plan_bits[layer] = bits[0] if len(bits) == 1 else int(trial.suggest_categorical(f"bits.{layer}", bits))
+    return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=seed + trial.number)
+
+
+def _clamp(v: float, low: float, high: float) -> float:
+    return min(max(v, low), high)
+
+
+def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...]) -> dict[str, dict]:
+    """Parameters of the baselines the front must never lose to, by name (those the space allows).
+
+    teacher-fp32, teacher-int8 (uniform int8 PTQ), prune25/50-kd-int8 (uniform pruning + distillation
+    + int8). A baseline the space cannot express (no 0.25 ratio, no 8 bits) is left out.
+    """
+    d = space.distillation
+    common = {}
+    if d.temperature.low != d.temperature.high:
+        common["temperature"] = _clamp(4.0, d.temperature.low, d.temperature.high)
+    if d.alpha.low != d.alpha.high:
+        common["alpha"] = _clamp(0.5, d.alpha.low, d.alpha.high)
+    ratios = tuple(float(r) for r in space.pruning.ratios)
+    units = layers.prune_units(space.pruning.granularity)
+
+    def params(ratio: float, b: int) -> dict | None:
+        if (ratio not in ratios) or (b not in bits):
+            return None
+        p = dict(common)
+        if len(ratios) > 1:
+            p.update({f"prune.{u}": ratio for u in units})
+        if len(bits) > 1:
+            p.update({f"bits.{q}": b for q in layers.quantizable})
+        return p
+
+    wanted = {"teacher-fp32": (0.0, 32), "teacher-int8": (0.0, 8), "prune25-kd-int8": (0.25, 8),
+              "prune50-kd-int8": (0.5, 8)}
+    return {name: p for name, (r, b) in wanted.items() if (p := params(r, b)) is not None}

@@ -1,0 +1,111 @@
+"""Prepare a study once (reference model, teacher metrics, search layers) and rebuild a Context anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from search.config import DeviceProfile, SearchSpace
+from search.errors import UserError
+from search.study.context import Context, calibration_sample, dataset_arrays
+from search.study.record import (
+    S_LAYERS,
+    S_PROFILE,
+    S_PROFILE_DIGEST,
+    S_PROFILE_FILE,
+    S_REFERENCE_BASELINE,
+    S_REFERENCE_ONNX,
+    S_SEED,
+    S_SPACE,
+    S_SPACE_FILE,
+    S_TASK,
+    S_TEACHER,
+)
+from search.study.sampling import SearchLayers
+from search.tasks import Task
+
+REFERENCE_NAME = "reference.onnx"
+
+
+def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
+    import torch
+
+    from search.compress import layer_blocks, prune_groups, quantizable_layers
+
+    example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
+    groups = prune_groups(task.teacher, example, never_prune=space.pruning.never_prune)
+    blocks = layer_blocks(task.teacher, list(groups))
+    return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable_layers(reference_onnx))
+
+
+def check_same_setup(study: optuna.Study, task_spec: str, space: SearchSpace, profile: DeviceProfile) -> None:
+    """Resuming a study with another profile, space or task would mix incomparable trials."""
+    attrs = study.user_attrs
+    if S_PROFILE_DIGEST not in attrs:
+        return
+    if attrs.get(S_TASK) != task_spec:
+        raise UserError(f"study '{study.study_name}' was created for task {attrs.get(S_TASK)!r}, not {task_spec!r}: "
+                        "use another --study name")
+    if attrs[S_PROFILE_DIGEST] != profile.digest():
+        raise UserError(f"study '{study.study_name}' was created with device profile "
+                        f"'{attrs.get(S_PROFILE, {}).get('name')}' ({attrs.get(S_PROFILE_FILE)}); "
+                        "this profile differs: "
+                        "use another --study name")
+    if json.dumps(attrs.get(S_SPACE), sort_keys=True) != json.dumps(space.model_dump(mode="json"), sort_keys=True):
+        raise UserError(f"study '{study.study_name}' was created with another search space "
+                        f"({attrs.get(S_SPACE_FILE)}): use another --study name")
+
+
+def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: DeviceProfile, study_dir: Path, *,
+                  seed: int, train_on: str, threads: int | None = None, task_spec: str, space_file: str,
+                  profile_file: str) -> Context:
+    """The per-process trial context; the first process also records the study's fixed facts."""
+    import torch
+
+    from search.compress import export_onnx
+    from search.measure import get_backend
+    from search.measure.accuracy import onnx_accuracy
+    from search.measure.cache import MeasurementCache
+    from search.tasks.teacher import pick_device
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    reference = study_dir / REFERENCE_NAME
+    if not reference.is_file():
+        tmp = study_dir / f".{REFERENCE_NAME}.{id(study)}.tmp"
+        export_onnx(task.teacher, task.input_shape, tmp)
+        tmp.replace(reference)
+    attrs = study.user_attrs
+    layers = SearchLayers.from_dict(attrs[S_LAYERS]) if S_LAYERS in attrs else search_layers(task, reference, space)
+    val_x, val_y = dataset_arrays(task.val)
+    cache = MeasurementCache(study_dir / "measure-cache")
+    backend = get_backend(profile)
+    ctx = Context(
+        task=task, space=space, profile=profile, study_dir=study_dir, reference_onnx=reference, layers=layers,
+        bits=space.bits_for(profile, source=space_file), teacher_metrics=attrs.get(S_TEACHER, {}),
+        calibration=calibration_sample(task.train, space.quantization.calibration.samples, seed),
+        val_x=val_x, val_y=val_y, cache=cache, backend=backend, device=pick_device(train_on), seed=seed,
+        logits_dir=study_dir.parent / "teachers", threads=threads,
+    )
+    if S_TEACHER not in attrs:
+        m = ctx.measure(reference)
+        import torch_pruning as tp
+
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(task.teacher, ctx.example)
+        ctx.teacher_metrics = {
+            "accuracy": onnx_accuracy(reference, val_x, val_y),
+            "latency_ms": m.objective(profile.measure.statistic),
+            "memory_mb": m.memory_total_mb, "model_mb": reference.stat().st_size / (1024 * 1024),
+            "params": int(params), "macs": int(macs),
+        }
+        for key, value in {
+            S_TASK: task_spec, S_SPACE: space.model_dump(mode="json"), S_SPACE_FILE: space_file,
+            S_PROFILE: profile.model_dump(mode="json"), S_PROFILE_FILE: profile_file,
+            S_PROFILE_DIGEST: profile.digest(), S_SEED: seed, S_LAYERS: layers.to_dict(),
+            S_REFERENCE_ONNX: REFERENCE_NAME, S_REFERENCE_BASELINE: m.reference_baseline.__dict__
+            if m.reference_baseline else None, S_TEACHER: ctx.teacher_metrics,
+        }.items():
+            study.set_user_attr(key, value)
+    return ctx

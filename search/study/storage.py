@@ -1,0 +1,66 @@
+"""Where a study lives: SQLite by default, PostgreSQL (or any RDB URL) for many workers, or a journal file."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from search.errors import UserError
+
+HEARTBEAT_S = 10  # a worker proves it is alive this often...
+# ...and is declared dead (trial FAIL, then retried) after this long without a beat.
+GRACE_S = int(os.environ.get("HWSEARCH_GRACE_S", "40"))
+MAX_RETRY = 2
+
+
+def default_url(study_dir: Path) -> str:
+    return f"sqlite:///{(study_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`; RDB storages get heartbeats so a dead worker's trial is retried."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = url.removeprefix("journal:").removeprefix("//")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if not url.startswith(("sqlite:", "postgresql", "mysql")):
+        raise UserError(f"--storage {url!r}: expected sqlite:///path, postgresql://user@host/db or journal:PATH")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=min(HEARTBEAT_S, max(1, GRACE_S // 3)),
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+    except Exception as e:  # unreachable server, bad credentials, missing driver
+        raise UserError(f"--storage {_redact(url)}: cannot open the study storage: {str(e).splitlines()[0]}") from None
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches a log line."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=max(4, min(10, n_trials // 3)))
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(6, min(50, n_trials // 4)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, min(10, n_trials // 3)))
+    raise UserError(f"--sampler {name!r}: expected one of tpe, nsga2, random, gp")

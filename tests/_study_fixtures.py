@@ -1,0 +1,54 @@
+"""Small real studies on the digits task: a tiny space, a quick local profile, the teacher cache copied in."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest import RESULTS
+
+TINY_SPACE = """name: tiny
+distillation:
+  temperature: {low: 1.0, high: 8.0, log: true}
+  alpha: {low: 0.0, high: 0.7}
+  budget: {steps: 40}
+  refine: {steps: 160}
+  lr: 0.003
+  batch_size: 64
+pruning:
+  ratios: [0.0, 0.25, 0.5]
+  granularity: block
+quantization:
+  bits: [32, 8]
+  calibration: {samples: 64}
+accuracy:
+  max_drop: 0.3
+"""
+
+
+def profile_text(latency_ms: float = 5.0, memory_mb: float = 200.0, model_mb: float = 5.0) -> str:
+    return f"""name: quick-1core
+description: 1 core, few repeats (tests)
+runtime: {{threads: 1}}
+precisions: [fp32, int8]
+channel_multiple: 8
+budgets: {{latency_ms: {latency_ms}, memory_mb: {memory_mb}, model_mb: {model_mb}}}
+measure: {{backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60}}
+"""
+
+
+def make_results(folder: Path, digits_task) -> Path:
+    """A results folder holding the cached digits teacher (so no test retrains it)."""
+    teachers = folder / "teachers"
+    teachers.mkdir(parents=True, exist_ok=True)
+    key = digits_task.teacher_info["key"]
+    for p in (RESULTS / "teachers").glob(f"digits-{key}.*"):
+        shutil.copy(p, teachers / p.name)
+    return folder
+
+
+def write_configs(folder: Path, **budgets) -> tuple[Path, Path]:
+    space, profile = folder / "space.yaml", folder / "profile.yaml"
+    space.write_text(TINY_SPACE)
+    profile.write_text(profile_text(**budgets))
+    return space, profile

@@ -1,0 +1,145 @@
+"""Several workers on one study (SQLite, real PostgreSQL) and a worker SIGKILLed mid-trial."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from _study_fixtures import make_results, write_configs
+from conftest import REPO
+
+from search.study.record import T_FAIL_REASON, T_WORKER
+
+COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                           optuna.trial.TrialState.RUNNING)
+
+
+def _cmd(folder: Path, study: str, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search", "run", "--task", "digits", "--space", str(folder / "space.yaml"),
+            "--device", str(folder / "profile.yaml"), "--trials", str(trials), "--study", study,
+            "--results", str(folder), "--no-progress", *extra]
+
+
+def _assert_distinct_and_complete(st: optuna.Study, n: int) -> set[str]:
+    trials = st.get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    complete = [t for t in trials if t.state == COMPLETE]
+    assert len(complete) >= n, [(t.number, t.state.name, t.user_attrs.get(T_FAIL_REASON)) for t in trials]
+    return {t.user_attrs[T_WORKER] for t in complete}
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path, digits_task):
+    folder = make_results(tmp_path, digits_task)
+    write_configs(folder, latency_ms=0.0001)  # hardware-infeasible: fast trials, no training
+    r = subprocess.run(_cmd(folder, "two", 8, "--workers", "2"), cwd=REPO, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr
+    st = optuna.load_study(study_name="two", storage=f"sqlite:///{folder / 'two' / 'study.db'}")
+    workers = _assert_distinct_and_complete(st, 8)
+    assert len(workers) == 2, workers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path | None:
+    for cand in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (cand / "initdb").exists():
+            return cand
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on loopback, in a throw-away data folder (as 'postgres' when we are root)."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs Debian's postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="hwsearch-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = base / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "hwsearch"], check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/hwsearch"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_workers_on_a_real_postgresql_study(tmp_path, digits_task, postgres):
+    folder = make_results(tmp_path, digits_task)
+    write_configs(folder, latency_ms=0.0001)
+    r = subprocess.run(_cmd(folder, "pg", 8, "--workers", "2", "--storage", postgres), cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    st = optuna.load_study(study_name="pg", storage=postgres)
+    workers = _assert_distinct_and_complete(st, 8)
+    assert len(workers) == 2, workers
+
+
+def test_sigkilled_worker_loses_nothing_and_the_rerun_completes(tmp_path, digits_task):
+    folder = make_results(tmp_path, digits_task)
+    write_configs(folder)  # feasible: trials train, so one is caught mid-trial
+    env = {**os.environ, "HWSEARCH_GRACE_S": "3"}
+    url = f"sqlite:///{folder / 'kill' / 'study.db'}"
+    proc = subprocess.Popen(_cmd(folder, "kill", 6), cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                st = optuna.load_study(study_name="kill", storage=url)
+                states = [t.state for t in st.get_trials()]
+            except Exception:  # the study is not created yet
+                continue
+            if states.count(COMPLETE) >= 2 and states and states[-1] == RUNNING:
+                break
+        else:
+            pytest.fail("the worker never got two trials done")
+        time.sleep(1.0)  # well inside the running trial
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    st = optuna.load_study(study_name="kill", storage=url)
+    before = {t.number: t for t in st.get_trials() if t.state == COMPLETE}
+    killed = [t.number for t in st.get_trials() if t.state == RUNNING]
+    assert len(before) >= 2 and len(killed) == 1
+
+    r = subprocess.run(_cmd(folder, "kill", 6), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    st = optuna.load_study(study_name="kill", storage=url)
+    after = {t.number: t for t in st.get_trials()}
+    for n, t in before.items():  # nothing completed is lost: records and their artifact files
+        assert after[n].state == COMPLETE and after[n].values == t.values
+        art = folder / "kill" / "artifacts" / t.user_attrs["onnx_artifact_id"]
+        assert art.is_file() and art.stat().st_size > 0
+    assert after[killed[0]].state == FAIL  # the stale trial was failed...
+    retried = [t for t in after.values() if t.system_attrs.get("failed_trial") == killed[0]]
+    assert retried and retried[0].state == COMPLETE  # ...and retried with the same parameters
+    assert retried[0].params == after[killed[0]].params
+    assert sum(t.state == COMPLETE for t in after.values()) >= 6
