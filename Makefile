@@ -7,7 +7,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 TRIALS ?= 24
 REFINE ?= 3
 
-.PHONY: setup data demo test test-fast bench lint clean
+.PHONY: setup data test-deps demo test test-fast bench lint clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,22 @@ data:
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set HWSEARCH_DATA to a folder with the four IDX files"; exit 1; \
 	fi
 
+# Servers and browsers the tests start for real: PostgreSQL (multi-worker storage), Chromium (report check).
+test-deps:
+	@need=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -n "$$need" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -q $$need >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$need >/dev/null; }; \
+		else echo "note:$$need missing (sudo apt-get install$$need); the tests that need them will skip"; fi; \
+	fi
+
 demo: setup data
 	$(BIN)/hwsearch run --task fashion-mnist --space spaces/default.yaml \
 		--device device_profiles/local-1core.yaml --trials $(TRIALS) --refine $(REFINE) --study demo
 
-test: setup data
+test: setup data test-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

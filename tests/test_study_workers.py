@@ -18,6 +18,7 @@ from _study_fixtures import make_results, write_configs
 from conftest import REPO
 
 from search.study.record import T_FAIL_REASON, T_WORKER
+from search.study.storage import open_storage
 
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
@@ -96,7 +97,7 @@ def test_two_workers_on_a_real_postgresql_study(tmp_path, digits_task, postgres)
     r = subprocess.run(_cmd(folder, "pg", 8, "--workers", "2", "--storage", postgres), cwd=REPO,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
-    st = optuna.load_study(study_name="pg", storage=postgres)
+    st = optuna.load_study(study_name="pg", storage=open_storage(postgres))
     workers = _assert_distinct_and_complete(st, 8)
     assert len(workers) == 2, workers
 

@@ -171,7 +171,8 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
                     bar.refresh()
                     time.sleep(0.5)
             if worker_id == 0 and refine:
-                for ft in pick_refine(st, refine):
+                already = sum(x.user_attrs.get(T_REFINED_FROM) is not None for x in st.get_trials(deepcopy=False))
+                for ft in pick_refine(st, refine - already):  # K in all, also across resumes
                     st.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: "refine",
                                                             **({T_BASELINE: ft.user_attrs[T_BASELINE]}
                                                                if T_BASELINE in ft.user_attrs else {})})

@@ -31,6 +31,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise UserError(f"--storage {url!r}: expected sqlite:///path, postgresql://user@host/db or journal:PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
@@ -49,7 +52,8 @@ def _redact(url: str) -> str:
     if "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)
         creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        if ":" in creds:
+            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
     return url
 
 
