@@ -126,7 +126,7 @@ def test_fashion_idx_reader_on_real_files():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it as root)")
     d = load_fashion_mnist()
     assert d["train_x"].shape == (60000, 1, 28, 28) and d["val_x"].shape == (10000, 1, 28, 28)
-    assert 0.0 <= d["train_x"].min() and d["train_x"].max() <= 1.0
+    assert d["train_x"].min() >= 0.0 and d["train_x"].max() <= 1.0
     assert sorted(set(d["val_y"].tolist())) == list(range(10))
 
 

@@ -56,7 +56,7 @@ class Distillation(_Strict):
     def _ranges(self) -> Distillation:
         if self.temperature.low <= 0:
             raise ValueError("temperature.low must be > 0")
-        if not (0 <= self.alpha.low and self.alpha.high <= 1):
+        if not (self.alpha.low >= 0 and self.alpha.high <= 1):
             raise ValueError("alpha must lie within [0, 1]")
         return self
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import threading
@@ -14,6 +13,7 @@ from search.config.profile import DeviceProfile
 from search.errors import TrialFailure
 from search.measure import runner
 from search.measure.record import Baselines, LatencyStats, Measurement
+from search.utils.files import sha256_file
 
 
 def host_memory_mb() -> float | None:
@@ -35,11 +35,7 @@ def memory_limit_mb(budget_mb: float | None) -> float | None:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def existing(path: str | os.PathLike, what: str) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import optuna
 
 from search.study.record import T_FEASIBLE
@@ -19,23 +17,11 @@ class TrialProgress:
 
     def __enter__(self) -> TrialProgress:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from search.utils.progress import make_progress
 
-            self._progress = Progress(
-                TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=Console(file=sys.stderr),
-            )
+            self._progress = make_progress("[bold]trials")
             self._progress.__enter__()
-            self._task = self._progress.add_task("trials", total=self.total, completed=self._done(), info="")
+            self._task = self._progress.add_task("trials", total=self.total, completed=self._done(), status="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,7 +39,7 @@ class TrialProgress:
     def stage(self, trial_number: int, stage: str) -> None:
         self._stage = f"trial {trial_number}: {stage}"
         if self._progress is not None:
-            self._progress.update(self._task, info=self._info())
+            self._progress.update(self._task, status=self._info())
 
     def trial_done(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         try:
@@ -65,4 +51,4 @@ class TrialProgress:
 
     def refresh(self) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=min(self._done(), self.total), info=self._info())
+            self._progress.update(self._task, completed=min(self._done(), self.total), status=self._info())

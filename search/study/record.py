@@ -25,6 +25,7 @@ S_REFERENCE_BASELINE = "reference_baseline"  # LatencyStats dict of the fp32 tea
 S_LAYERS = "layers"  # {"prunable": [...], "quantizable": [...], "blocks": {block: [layers]}}
 S_ARTIFACTS = "artifacts_dir"
 S_SEED = "seed"
+S_INPUT = "input"  # {"shape", "num_classes", "class_names", "name", "dtype", "value_range", "normalisation"}
 S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the study folder
 
 # Trial user attributes.

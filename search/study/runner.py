@@ -28,6 +28,12 @@ class RunResult:
     front_trials: tuple[int, ...]
     interrupted: bool = False
 
+    def view(self):
+        """The study to inspect: `.front` (DataFrame), `.trials`, `.export(trial, out_dir)`, `.report()`."""
+        from search.inspect import load_study
+
+        return load_study(self.storage_url, results=self.results_dir.parent, study_name=self.study_name)
+
 
 def counted_trials(study: optuna.Study) -> int:
     """Explore trials that count toward N: finished ones and genuine failures (a dead worker's trial is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from search.config import DeviceProfile, SearchSpace
 from search.errors import UserError
 from search.study.context import Context, calibration_sample, dataset_arrays
 from search.study.record import (
+    S_INPUT,
     S_LAYERS,
     S_PROFILE,
     S_PROFILE_DIGEST,
@@ -80,7 +82,10 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
     layers = SearchLayers.from_dict(attrs[S_LAYERS]) if S_LAYERS in attrs else search_layers(task, reference, space)
     val_x, val_y = dataset_arrays(task.val)
     cache = MeasurementCache(study_dir / "measure-cache")
-    backend = get_backend(profile)
+    from search.measure.record import LatencyStats
+
+    stored = attrs.get(S_REFERENCE_BASELINE)  # every worker and resume corrects drift against one anchor
+    backend = get_backend(profile, reference_baseline=LatencyStats(**stored) if stored else None)
     ctx = Context(
         task=task, space=space, profile=profile, study_dir=study_dir, reference_onnx=reference, layers=layers,
         bits=space.bits_for(profile, source=space_file), teacher_metrics=attrs.get(S_TEACHER, {}),
@@ -104,6 +109,8 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
             S_TASK: task_spec, S_SPACE: space.model_dump(mode="json"), S_SPACE_FILE: space_file,
             S_PROFILE: profile.model_dump(mode="json"), S_PROFILE_FILE: profile_file,
             S_PROFILE_DIGEST: profile.digest(), S_SEED: seed, S_LAYERS: layers.to_dict(),
+            S_INPUT: {"shape": list(task.input_shape), "num_classes": task.num_classes,
+                      "class_names": list(task.class_names), **dataclasses.asdict(task.input_spec)},
             S_REFERENCE_ONNX: REFERENCE_NAME, S_REFERENCE_BASELINE: m.reference_baseline.__dict__
             if m.reference_baseline else None, S_TEACHER: ctx.teacher_metrics,
         }.items():

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from search.tasks.models import EdgeNet, EdgeNetSpec
 from search.utils.atomic import atomic_write_bytes, atomic_write_text
+from search.utils.files import sha256_file
 from search.utils.progress import progress_bar
 
 
@@ -102,7 +103,7 @@ def cache_key(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data_fp: str) -
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def load_cached(weights: Path, meta_path: Path, spec: EdgeNetSpec) -> tuple[EdgeNet, dict] | None:

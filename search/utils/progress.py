@@ -25,12 +25,8 @@ class _Bar:
         self._p.update(self._id, **kw)
 
 
-@contextmanager
-def progress_bar(description: str, total: float | None, enabled: bool = True) -> Iterator[_Bar]:
-    """A rich progress bar with ETA on stderr; a no-op bar when disabled."""
-    if not enabled:
-        yield _Bar(None, None)
-        return
+def make_progress(label_column: str = "{task.description}"):
+    """A rich Progress on stderr: label, bar, done/total, elapsed, ETA and a free `status` field."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -41,8 +37,16 @@ def progress_bar(description: str, total: float | None, enabled: bool = True) ->
         TimeRemainingColumn,
     )
 
-    console = Console(file=sys.stderr)
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
-    with Progress(*cols, console=console, transient=False) as p:
+    return Progress(TextColumn(label_column), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                    console=Console(file=sys.stderr))
+
+
+@contextmanager
+def progress_bar(description: str, total: float | None, enabled: bool = True) -> Iterator[_Bar]:
+    """A rich progress bar with ETA on stderr; a no-op bar when disabled."""
+    if not enabled:
+        yield _Bar(None, None)
+        return
+    with make_progress() as p:
         yield _Bar(p, p.add_task(description, total=total, status=""))

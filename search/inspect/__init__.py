@@ -1,0 +1,30 @@
+"""Inspection: the Pareto front (table, CSV/JSON), the HTML report and the verified export of a trial.
+
+Names load lazily: the CLI imports `search.inspect.commands` just to build its parsers, and that must
+not pull in pandas or optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "load_study": "search.inspect.api",
+    "StudyView": "search.inspect.api",
+    "write_outputs": "search.inspect.api",
+    "compute_front": "search.inspect.front",
+    "export_trial": "search.inspect.export",
+    "ExportResult": "search.inspect.export",
+    "VerifyError": "search.inspect.export",
+    "VerifyReport": "search.inspect.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'search.inspect' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,227 @@
+"""Open a finished (or running) study for reading: `load_study(...)` -> StudyView.
+
+Layouts: `results/<study>/study.db` (SQLite, study name = folder name) with artifacts in
+`results/<study>/artifacts/`, or a storage URL (PostgreSQL, SQLite elsewhere, a JournalFile) with the
+study name given and artifacts in the folder the study attribute S_ARTIFACTS names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+from search.study.record import (
+    S_ARTIFACTS,
+    S_PROFILE,
+    S_REFERENCE_ONNX,
+    S_SPACE,
+    S_TASK,
+    S_TEACHER,
+    TrialRecord,
+)
+
+if TYPE_CHECKING:  # optuna/pandas load only when a study is opened
+    import optuna
+    import pandas as pd
+
+    from search.config import DeviceProfile, SearchSpace
+
+DB_NAME = "study.db"
+ARTIFACTS_NAME = "artifacts"
+FRONT_CSV = "front.csv"
+REPORT_HTML = "report.html"
+
+
+def is_storage_url(value: str) -> bool:
+    return "://" in value or value.startswith("journal:")
+
+
+def shown(url: str) -> str:
+    """The URL without its password, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}" if sep and at and ":" in creds else url
+
+
+def open_storage(url: str) -> Any:
+    """The search's own storage opener (same URL conventions), after checking that a file-backed
+    storage exists: opening a missing SQLite or journal file would silently create an empty one."""
+    from search.study.storage import open_storage as _open
+
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix).removeprefix("//") if prefix == "journal:" else url[len(prefix):])
+            if not path.is_file():
+                raise UserError(f"--storage {url}: {path} not found")
+    with warnings.catch_warnings():  # its heartbeat options warn (experimental/deprecated); a reader needs none
+        warnings.simplefilter("ignore")
+        return _open(url)
+
+
+def _study_names(storage: Any) -> list[str]:
+    import optuna
+
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """Read access to one study: its front, trials, profile, space and teacher, plus export/report."""
+
+    name: str
+    study: optuna.Study
+    folder: Path  # results/<study>: reference.onnx, front.csv, report.html
+    results: Path
+    storage_url: str = ""
+
+    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
+    @functools.cached_property
+    def trials(self) -> list[TrialRecord]:
+        return [TrialRecord.from_trial(t) for t in self.study.get_trials(deepcopy=False)]
+
+    @functools.cached_property
+    def all_trials(self) -> pd.DataFrame:
+        """Every trial (the front's columns plus state, on_front, fail_reason): what plots draw."""
+        from search.inspect.front import frame, front_numbers
+
+        return frame(self.trials, front_numbers(self.study), self.teacher, include_all=True)
+
+    @functools.cached_property
+    def front(self) -> pd.DataFrame:
+        from search.inspect.front import FRONT_COLUMNS
+
+        df = self.all_trials
+        front = df[df["on_front"]].sort_values(["latency_ms", "trial"], ignore_index=True)
+        return front[list(FRONT_COLUMNS)]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.study.user_attrs
+
+    @functools.cached_property
+    def profile(self) -> DeviceProfile:
+        from search.config import DeviceProfile
+
+        # JSON mode: the stored dump has lists where the strict models want tuples.
+        return DeviceProfile.model_validate_json(json.dumps(self._attr(S_PROFILE)))
+
+    @functools.cached_property
+    def space(self) -> SearchSpace:
+        from search.config import SearchSpace
+
+        return SearchSpace.model_validate_json(json.dumps(self._attr(S_SPACE)))
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        return dict(self.attrs.get(S_TEACHER, {}))
+
+    @property
+    def task_spec(self) -> str:
+        return str(self._attr(S_TASK))
+
+    def _attr(self, key: str) -> Any:
+        if key not in self.attrs:
+            raise UserError(f"study '{self.name}' has no '{key}' attribute: it was not written by hwsearch run "
+                            "(or the run did not get past its setup)")
+        return self.attrs[key]
+
+    def record(self, number: int) -> TrialRecord:
+        """The trial with this number; a one-line error naming the valid range when there is none."""
+        by_number = {r.number: r for r in self.trials}
+        if number not in by_number:
+            span = f"0..{max(by_number)}" if by_number else "none: the study has no trials"
+            raise UserError(f"study '{self.name}' has no trial {number} (trials: {span})")
+        return by_number[number]
+
+    @functools.cached_property
+    def artifacts_dir(self) -> Path:
+        """The artifact store folder: results/<study>/artifacts, else the study's S_ARTIFACTS (as given,
+        then relative to the study folder)."""
+        given = self.attrs.get(S_ARTIFACTS)
+        candidates = [self.folder / ARTIFACTS_NAME]
+        if given:
+            candidates += [Path(given), self.folder / given]
+        for c in candidates:
+            if c.is_dir():
+                return c
+        raise UserError(f"study '{self.name}': artifact folder not found (looked in "
+                        f"{', '.join(str(c) for c in candidates)})")
+
+    @property
+    def reference_onnx(self) -> Path | None:
+        rel = self.attrs.get(S_REFERENCE_ONNX)
+        path = self.folder / rel if rel else None
+        return path if path is not None and path.is_file() else None
+
+    def export(self, trial: int, out_dir: str | Path, verify: bool = False) -> Path:
+        """Write model.onnx + manifest.json for `trial` into `out_dir`; returns the model's path.
+        With `verify`, raises search.inspect.export.VerifyError when the re-measurement disagrees."""
+        from search.inspect.export import export_trial
+
+        return export_trial(self, trial, out_dir, verify=verify).model
+
+    def report(self, path: str | Path | None = None) -> Path:
+        """Write the self-contained HTML report (default results/<study>/report.html)."""
+        from search.inspect.report import write_report
+
+        return write_report(self, Path(path) if path else self.folder / REPORT_HTML)
+
+    def save_front(self, path: str | Path | None = None) -> Path:
+        """Write the front as CSV (default results/<study>/front.csv)."""
+        from search.utils.atomic import atomic_write_text
+
+        return atomic_write_text(Path(path) if path else self.folder / FRONT_CSV, self.front.to_csv(index=False))
+
+
+def load_study(name_or_url: str, *, results: str | Path = "results", study_name: str | None = None) -> StudyView:
+    """Open a study by name (results/<name>/study.db) or by storage URL (`study_name` then names the
+    study; it may be left out when the storage holds exactly one)."""
+    import optuna
+
+    results = Path(results)
+    if is_storage_url(name_or_url):
+        storage = open_storage(name_or_url)
+        names = _study_names(storage)
+        if study_name is None:
+            if len(names) != 1:
+                raise UserError(f"--storage {shown(name_or_url)} holds {len(names)} studies "
+                                f"({', '.join(names) or 'none'}): name one with --study")
+            study_name = names[0]
+        url = name_or_url
+    else:
+        if study_name not in (None, name_or_url):
+            raise UserError(f"study named twice: {name_or_url!r} and {study_name!r}")
+        study_name = name_or_url
+        if not results.is_dir():
+            raise UserError(f"results folder {results} not found (pass --results DIR or --storage URL)")
+        db = results / study_name / DB_NAME
+        if not db.is_file():
+            known = sorted(p.parent.name for p in results.glob(f"*/{DB_NAME}"))
+            raise UserError(f"no study '{study_name}' in {results}/ ({db} not found; studies there: "
+                            f"{', '.join(known) or 'none'})")
+        url = f"sqlite:///{db}"
+        storage = open_storage(url)
+        names = _study_names(storage)
+    if study_name not in names:
+        raise UserError(f"no study '{study_name}' in {shown(url)} (studies there: {', '.join(names) or 'none'})")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return StudyView(name=study_name, storage_url=url, study=study, folder=results / study_name, results=results)
+
+
+def write_outputs(study: optuna.Study, study_dir: str | Path) -> None:
+    """front.csv and report.html for a study the search just ran (called by search.run). A failure
+    here must not lose the run's result: the study is stored, so it becomes a warning naming the fix."""
+    folder = Path(study_dir)
+    view = StudyView(name=study.study_name, study=study, folder=folder, results=folder.parent)
+    try:
+        view.save_front()
+        view.report()
+    except Exception as e:
+        print(f"warning: front.csv/report.html not written ({type(e).__name__}: {e}); "
+              f"run `hwsearch plot --study {study.study_name}` to retry", file=sys.stderr)

@@ -1,0 +1,194 @@
+"""The Pareto front as one computed value: every table, CSV/JSON and plot reads this DataFrame.
+
+The front is Optuna's `study.best_trials` (non-dominated, constraint-feasible COMPLETE trials) kept
+only when the search's own feasibility record agrees (T_FEASIBLE and every constraint <= 0), so a
+trial the search judged infeasible never shows up as deployable even if its constraints were not
+handed to Optuna.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from search.plan import Plan
+from search.study.record import DIRECTIONS, OBJECTIVES, S_SPACE, S_TEACHER, TrialRecord
+
+FRONT_COLUMNS: tuple[str, ...] = (
+    "trial", "accuracy", "acc_change", "latency_ms", "speedup", "memory_mb", "model_mb", "size_ratio",
+    "mean_prune", "int8_share", "temperature", "baseline", "refined", "feasible",
+)
+ALL_COLUMNS: tuple[str, ...] = (*FRONT_COLUMNS, "state", "on_front", "fail_reason")
+
+
+def is_feasible(record: TrialRecord) -> bool:
+    """The search's verdict: flagged feasible and every recorded constraint satisfied (<= 0)."""
+    return record.feasible and all(_num(v) <= 0 for v in record.constraints.values())
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den and math.isfinite(num) and math.isfinite(den) and num > 0 else math.nan
+
+
+def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dict[str, Any]:
+    values = record.values or (math.nan,) * len(OBJECTIVES)
+    acc, lat, mem = (_num(v) for v in values[: len(OBJECTIVES)])
+    model_mb = _num(record.metrics.get("model_mb"))
+    summary = Plan.from_dict(record.plan).summary() if record.plan else {}
+    return {
+        "trial": record.number,
+        "accuracy": acc,
+        "acc_change": (acc - _num(teacher.get("accuracy"))) * 100.0,  # percentage points
+        "latency_ms": lat,
+        "speedup": _ratio(_num(teacher.get("latency_ms")), lat),
+        "memory_mb": mem,
+        "model_mb": model_mb,
+        "size_ratio": _ratio(model_mb, _num(teacher.get("model_mb"))),
+        "mean_prune": summary.get("mean_prune", math.nan),
+        "int8_share": summary.get("int8_share", math.nan),
+        "temperature": summary.get("temperature", math.nan),
+        "baseline": record.baseline or "",
+        "refined": record.refined_from is not None,
+        "feasible": is_feasible(record),
+        "state": record.state,
+        "on_front": on_front,
+        "fail_reason": record.fail_reason or "",
+    }
+
+
+def front_numbers(study: Any) -> set[int]:
+    """Trial numbers on the front: Optuna's best trials that the search also recorded feasible."""
+    return {t.number for t in study.best_trials if is_feasible(TrialRecord.from_trial(t))}
+
+
+def frame(records: Sequence[TrialRecord], front: Iterable[int], teacher: Mapping[str, Any], *,
+          include_all: bool) -> pd.DataFrame:
+    """Rows for `records` (all of them, or only the front ones) in the fixed column order."""
+    on = set(front)
+    rows = [_row(r, teacher, r.number in on) for r in records if include_all or r.number in on]
+    df = pd.DataFrame(rows, columns=list(ALL_COLUMNS))
+    df = df.astype({"trial": "int64", "refined": "bool", "feasible": "bool", "on_front": "bool"})
+    if include_all:
+        return df.sort_values("trial", ignore_index=True)
+    # Fastest first: reading down the table trades latency for accuracy.
+    return df.sort_values(["latency_ms", "trial"], ignore_index=True)[list(FRONT_COLUMNS)]
+
+
+def compute_front(study: Any, *, include_all: bool = False) -> pd.DataFrame:
+    """The Pareto front of an Optuna study as a DataFrame (columns FRONT_COLUMNS).
+
+    `include_all=True` returns every trial (columns ALL_COLUMNS: adds `state`, `on_front` and, for
+    failures, `fail_reason`), which is what the plots draw; the front is its `on_front` rows.
+    """
+    teacher = study.user_attrs.get(S_TEACHER, {})
+    records = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    return frame(records, front_numbers(study), teacher, include_all=include_all)
+
+
+# ---- Pareto ranks (for "the complete trials nearest the front") ---------------------------------------
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    signs = [1.0 if d == "maximize" else -1.0 for d in DIRECTIONS]
+    better_eq = all(s * x >= s * y for s, x, y in zip(signs, a, b, strict=True))
+    return better_eq and any(s * x > s * y for s, x, y in zip(signs, a, b, strict=True))
+
+
+def pareto_ranks(records: Sequence[TrialRecord]) -> dict[int, int]:
+    """Non-dominated sorting rank (0 = front) of every COMPLETE trial with values; feasible trials
+    rank before infeasible ones, as Optuna's constrained dominance does."""
+    todo = [r for r in records if r.state == "COMPLETE" and r.values is not None]
+    ranks: dict[int, int] = {}
+    rank = 0
+    for group in ([r for r in todo if is_feasible(r)], [r for r in todo if not is_feasible(r)]):
+        while group:
+            layer = [r for r in group if not any(_dominates(o.values, r.values) for o in group if o is not r)]
+            ranks.update({r.number: rank for r in layer})
+            group = [r for r in group if r not in layer]
+            rank += 1
+    return ranks
+
+
+def nearest_front(records: Sequence[TrialRecord], limit: int = 5) -> list[int]:
+    """Up to `limit` complete trials, best Pareto rank first (ties by trial number)."""
+    ranks = pareto_ranks(records)
+    return sorted(ranks, key=lambda n: (ranks[n], n))[:limit]
+
+
+# ---- hypervolume -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reference:
+    """The fixed hypervolume reference point (the worst acceptable model) and how it was chosen."""
+
+    accuracy: float
+    latency_ms: float
+    memory_mb: float
+    note: str
+
+
+def reference_point(user_attrs: Mapping[str, Any], budgets: Any) -> Reference:
+    """Accuracy: the space's floor (min_accuracy, or teacher - max_drop), else 0. Latency/memory: the
+    profile's budget, else twice the teacher's. Fixed per study, so the curve is comparable over
+    trials and between reruns of the same study setup."""
+    teacher = user_attrs.get(S_TEACHER, {})
+    acc_floor = (user_attrs.get(S_SPACE) or {}).get("accuracy") or {}
+    t_acc = _num(teacher.get("accuracy"))
+    if acc_floor.get("min_accuracy") is not None:
+        acc, acc_why = float(acc_floor["min_accuracy"]), "min_accuracy"
+    elif acc_floor.get("max_drop") is not None and math.isfinite(t_acc):
+        acc, acc_why = t_acc - float(acc_floor["max_drop"]), "teacher - max_drop"
+    else:
+        acc, acc_why = 0.0, "0"
+    lat, lat_why = (budgets.latency_ms, "budget") if budgets.latency_ms else (
+        2 * _num(teacher.get("latency_ms")), "2 x teacher")
+    mem, mem_why = (budgets.memory_mb, "budget") if budgets.memory_mb else (
+        2 * _num(teacher.get("memory_mb")), "2 x teacher")
+    note = (f"reference point: accuracy {acc:.4f} ({acc_why}), latency {lat:.4g} ms ({lat_why}), "
+            f"memory {mem:.4g} MB ({mem_why}); ideal point: accuracy 1, latency 0, memory 0")
+    return Reference(acc, lat, mem, note)
+
+
+def _hv2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    area, best_y = 0.0, ref[1]
+    for x, y in sorted(points):
+        if y < best_y:
+            area += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return area
+
+
+def hypervolume(points: Iterable[Sequence[float]], ref: Reference) -> float:
+    """Share (0..1) of the box between the ideal point and `ref` that the points dominate.
+
+    Points are (accuracy, latency_ms, memory_mb); exact, by slicing along accuracy (O(n^2 log n),
+    ample for a study's few hundred trials)."""
+    r = (-ref.accuracy, ref.latency_ms, ref.memory_mb)
+    box = (r[0] + 1.0) * r[1] * r[2]
+    if not all(math.isfinite(v) for v in r) or box <= 0:
+        return math.nan
+    pts = sorted({(-a, lat, mem) for a, lat, mem in points if -a < r[0] and lat < r[1] and mem < r[2]})
+    volume = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][0] if i + 1 < len(pts) else r[0]
+        if upper > p[0]:
+            volume += (upper - p[0]) * _hv2d([(q[1], q[2]) for q in pts[: i + 1]], (r[1], r[2]))
+    return volume / box
+
+
+def hypervolume_history(records: Sequence[TrialRecord], ref: Reference) -> pd.DataFrame:
+    """Hypervolume of the feasible complete trials among the first k trials, for every k."""
+    rows, points = [], []
+    for r in sorted(records, key=lambda r: r.number):
+        if r.state == "COMPLETE" and r.values is not None and is_feasible(r):
+            points.append(tuple(r.values[: len(OBJECTIVES)]))
+        rows.append({"trial": r.number, "hypervolume": hypervolume(points, ref) if points else 0.0})
+    return pd.DataFrame(rows, columns=["trial", "hypervolume"])
