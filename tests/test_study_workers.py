@@ -144,3 +144,36 @@ def test_sigkilled_worker_loses_nothing_and_the_rerun_completes(tmp_path, digits
     assert retried and retried[0].state == COMPLETE  # ...and retried with the same parameters
     assert retried[0].params == after[killed[0]].params
     assert sum(t.state == COMPLETE for t in after.values()) >= 6
+
+
+def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, digits_task):
+    folder = make_results(tmp_path, digits_task)
+    write_configs(folder)
+    url = f"sqlite:///{folder / 'intr' / 'study.db'}"
+    proc = subprocess.Popen(_cmd(folder, "intr", 5), cwd=REPO, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            states = [t.state for t in optuna.load_study(study_name="intr", storage=url).get_trials()]
+        except Exception:
+            continue
+        if states.count(COMPLETE) >= 1 and states[-1] == RUNNING:
+            break
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    st = optuna.load_study(study_name="intr", storage=url)
+    stopped = [t for t in st.get_trials() if t.state == FAIL]
+    assert len(stopped) == 1
+    requeued = [t for t in st.get_trials() if t.user_attrs.get("interrupted_from") == stopped[0].number]
+    assert requeued and requeued[0].state == optuna.trial.TrialState.WAITING
+    r = subprocess.run(_cmd(folder, "intr", 5), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    st = optuna.load_study(study_name="intr", storage=url)
+    assert st.trials[requeued[0].number].state == COMPLETE
+    assert st.trials[requeued[0].number].params == stopped[0].params
+    assert sum(t.state == COMPLETE for t in st.get_trials()) >= 5

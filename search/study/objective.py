@@ -17,15 +17,18 @@ from search.errors import TrialFailure
 from search.measure.accuracy import onnx_accuracy
 from search.study.context import Context
 from search.study.record import (
+    T_BASELINE,
     T_BUDGET,
     T_CONSTRAINTS,
     T_FAIL_REASON,
     T_FEASIBLE,
+    T_INTERRUPTED_FROM,
     T_MEASUREMENT,
     T_METRICS,
     T_ONNX_ARTIFACT,
     T_PLAN,
     T_PLAN_ARTIFACT,
+    T_REFINED_FROM,
     T_SKIPPED,
     T_STAGE_SECONDS,
     T_TRAINED,
@@ -92,6 +95,12 @@ class Objective:
         work.mkdir(parents=True, exist_ok=True)
         try:
             return self._run(trial, timer, work)
+        except KeyboardInterrupt:
+            # Ctrl-C: Optuna marks this trial FAIL; queue its plan again so a rerun picks it up
+            # (a baseline or refinement must not be lost to an interruption).
+            keep = {k: trial.user_attrs[k] for k in (T_BASELINE, T_BUDGET, T_REFINED_FROM) if k in trial.user_attrs}
+            trial.study.enqueue_trial(trial.params, user_attrs={**keep, T_INTERRUPTED_FROM: trial.number})
+            raise
         except Exception as e:
             reason = str(e) if isinstance(e, TrialFailure) else f"{type(e).__name__}: {e}"
             trial.set_user_attr(T_FAIL_REASON, " ".join(reason.split())[:500])

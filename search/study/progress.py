@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import optuna
 
-from search.study.record import T_FEASIBLE
+from search.study.record import T_FAIL_REASON, T_FEASIBLE
 
 
 class TrialProgress:
@@ -47,6 +49,13 @@ class TrialProgress:
         except Exception:  # best_trials of an empty study
             self._front = 0
         self._stage = f"trial {trial.number}: {trial.state.name.lower()}"
+        reason = trial.user_attrs.get(T_FAIL_REASON)
+        if trial.state == optuna.trial.TrialState.FAIL and reason:
+            line = f"trial {trial.number} failed: {reason}"
+            if self._progress is not None:
+                self._progress.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=sys.stderr)
         self.refresh()
 
     def refresh(self) -> None:

@@ -42,6 +42,7 @@ T_MEASUREMENT = "measurement"  # Measurement.to_dict()
 T_STAGE_SECONDS = "stage_seconds"  # {"prune", "measure", "distill", "export", "quantize", "evaluate"}
 T_SKIPPED = "skipped_layers"  # {layer: reason} (pruning or quantization could not apply it)
 T_FAIL_REASON = "fail_reason"
+T_INTERRUPTED_FROM = "interrupted_from"  # a trial re-queued after Ctrl-C stopped this one
 T_WORKER = "worker"  # host:pid of the process that ran the trial
 T_ONNX_ARTIFACT = "onnx_artifact_id"
 T_PLAN_ARTIFACT = "plan_artifact_id"

@@ -128,7 +128,8 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     from search.study.setup import build_context, check_same_setup
     from search.tasks import load_task
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's own failure warnings carry tracebacks; the progress line reports each failure in one line.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     st = optuna.create_study(study_name=study, storage=open_storage(url), directions=list(DIRECTIONS),
                              sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
                              load_if_exists=True)
