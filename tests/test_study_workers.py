@@ -118,7 +118,7 @@ def test_sigkilled_worker_loses_nothing_and_the_rerun_completes(tmp_path, digits
                 states = [t.state for t in st.get_trials()]
             except Exception:  # the study is not created yet
                 continue
-            if states.count(COMPLETE) >= 2 and states and states[-1] == RUNNING:
+            if states.count(COMPLETE) >= 2 and RUNNING in states:  # enqueued WAITING trials sit last
                 break
         else:
             pytest.fail("the worker never got two trials done")
@@ -159,8 +159,11 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, digits_task):
             states = [t.state for t in optuna.load_study(study_name="intr", storage=url).get_trials()]
         except Exception:
             continue
-        if states.count(COMPLETE) >= 1 and states[-1] == RUNNING:
+        if states.count(COMPLETE) >= 1 and RUNNING in states:  # enqueued WAITING trials sit last
             break
+    else:
+        proc.kill()
+        pytest.fail("the worker never got a trial done")
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
     out, err = proc.communicate(timeout=120)
