@@ -150,8 +150,11 @@ def test_ctrl_c_stops_cleanly_and_the_study_resumes(tmp_path, digits_task):
     folder = make_results(tmp_path, digits_task)
     write_configs(folder)
     url = f"sqlite:///{folder / 'intr' / 'study.db'}"
+    # A shell starts background jobs with SIGINT ignored, and children inherit that (CI may run us so):
+    # give the worker the disposition a terminal's foreground process has.
     proc = subprocess.Popen(_cmd(folder, "intr", 5), cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         time.sleep(0.5)
