@@ -5,8 +5,7 @@ Public names are imported lazily so `import search` (and `hwsearch --help`) does
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from search.utils.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -31,8 +30,4 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'search' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -18,3 +18,10 @@ class ConfigError(UserError):
 
 class TrialFailure(Exception):
     """A trial stage failed in a way the study records as FAIL with this reason."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}" if sep and at and ":" in creds else url

@@ -6,8 +6,7 @@ not pull in pandas or optuna.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from search.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "load_study": "search.inspect.api",
@@ -23,8 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'search.inspect' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

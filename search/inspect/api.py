@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import UserError
+from search.errors import UserError, redact_url
 from search.study.record import (
     S_ARTIFACTS,
     S_PROFILE,
@@ -40,13 +40,6 @@ REPORT_HTML = "report.html"
 
 def is_storage_url(value: str) -> bool:
     return "://" in value or value.startswith("journal:")
-
-
-def shown(url: str) -> str:
-    """The URL without its password, for error messages."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}" if sep and at and ":" in creds else url
 
 
 def open_storage(url: str) -> Any:
@@ -190,7 +183,7 @@ def load_study(name_or_url: str, *, results: str | Path = "results", study_name:
         names = _study_names(storage)
         if study_name is None:
             if len(names) != 1:
-                raise UserError(f"--storage {shown(name_or_url)} holds {len(names)} studies "
+                raise UserError(f"--storage {redact_url(name_or_url)} holds {len(names)} studies "
                                 f"({', '.join(names) or 'none'}): name one with --study")
             study_name = names[0]
         url = name_or_url
@@ -209,7 +202,7 @@ def load_study(name_or_url: str, *, results: str | Path = "results", study_name:
         storage = open_storage(url)
         names = _study_names(storage)
     if study_name not in names:
-        raise UserError(f"no study '{study_name}' in {shown(url)} (studies there: {', '.join(names) or 'none'})")
+        raise UserError(f"no study '{study_name}' in {redact_url(url)} (studies there: {', '.join(names) or 'none'})")
     study = optuna.load_study(study_name=study_name, storage=storage)
     return StudyView(name=study_name, storage_url=url, study=study, folder=results / study_name, results=results)
 

@@ -6,8 +6,7 @@ pull in optuna or torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from search.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "BASELINES": "search.study.record",
@@ -21,7 +20,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'search.study' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -130,7 +130,8 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
 
     # Optuna's own failure warnings carry tracebacks; the progress line reports each failure in one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    st = optuna.create_study(study_name=study, storage=open_storage(url), directions=list(DIRECTIONS),
+    storage = open_storage(url)
+    st = optuna.create_study(study_name=study, storage=storage, directions=list(DIRECTIONS),
                              sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
                              load_if_exists=True)
     check_same_setup(st, task, space_cfg, profile)
@@ -138,8 +139,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                   // workers)
     ctx = build_context(st, t, space_cfg, profile, study_dir, seed=seed, train_on=train_on, threads=threads,
-                        task_spec=task,
-                        space_file=str(space), profile_file=str(device))
+                        task_spec=task, space_file=str(space), profile_file=str(device))
     from search.study.record import S_ARTIFACTS
 
     if worker_id == 0:
@@ -148,8 +148,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
             st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
 
     store = optuna.artifacts.FileSystemArtifactStore(str(artifacts_dir))
-    heartbeats = isinstance(st._storage, optuna.storages.RDBStorage) or hasattr(st._storage, "get_heartbeat_interval")
-    heartbeats = heartbeats and st._storage.get_heartbeat_interval() is not None
+    heartbeats = isinstance(storage, optuna.storages.RDBStorage)  # open_storage gives every RDB heartbeats
     bar = TrialProgress(st, total=trials + refine, enabled=progress)
     objective = Objective(ctx, store, on_stage=bar.stage)
     children: list[subprocess.Popen] = []

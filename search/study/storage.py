@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from search.errors import UserError
+from search.errors import UserError, redact_url
 
 HEARTBEAT_S = 10  # a worker proves it is alive this often...
 # ...and is declared dead (trial FAIL, then retried) after this long without a beat.
@@ -44,17 +44,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
     except Exception as e:  # unreachable server, bad credentials, missing driver
-        raise UserError(f"--storage {_redact(url)}: cannot open the study storage: {str(e).splitlines()[0]}") from None
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches a log line."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        if ":" in creds:
-            return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url
+        reason = str(e).splitlines()[0]
+        raise UserError(f"--storage {redact_url(url)}: cannot open the study storage: {reason}") from None
 
 
 def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
