@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from search.errors import UserError
+from search.errors import RunStopped, UserError, disk_full
 
 # Subcommand modules, each with `register(subparsers)`; imported lazily only for their parsers.
 COMMAND_MODULES = ("search.commands", "search.measure.commands", "search.study.commands", "search.inspect.commands")
@@ -47,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
+    except (UserError, RunStopped) as e:
         print(f"hwsearch {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if (full := disk_full(e)) is None:
+            raise
+        print(f"hwsearch {args.command}: error: {full}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hwsearch {args.command}: interrupted", file=sys.stderr)
         return 130

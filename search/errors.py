@@ -25,3 +25,35 @@ def redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}" if sep and at and ":" in creds else url
+
+
+class RunStopped(Exception):
+    """The run stopped on purpose (results disk full, too many failed trials in a row). Every finished
+    trial is kept; the CLI prints this as one line, exit status 1."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+_DISK_FULL_TEXT = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """A one-line description when `exc` (or an exception in its cause chain) is a full disk, else None.
+    Wrapped errors (an export failure caused by ENOSPC, SQLite's own error text) count too."""
+    import errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {e.filename}" if e.filename else ""
+            return f"no space left on the device{where}"
+        text = str(e).lower()
+        if any(t in text for t in _DISK_FULL_TEXT):
+            return "no space left on the device (" + " ".join(str(e).split())[:200] + ")"
+        e = e.__cause__ or e.__context__
+    return None

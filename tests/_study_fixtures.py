@@ -26,14 +26,18 @@ accuracy:
 """
 
 
-def profile_text(latency_ms: float = 5.0, memory_mb: float = 200.0, model_mb: float = 5.0) -> str:
+QUICK_MEASURE = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60"
+
+
+def profile_text(latency_ms: float = 5.0, memory_mb: float = 200.0, model_mb: float = 5.0,
+                 measure: str = QUICK_MEASURE) -> str:
     return f"""name: quick-1core
 description: 1 core, few repeats (tests)
 runtime: {{threads: 1}}
 precisions: [fp32, int8]
 channel_multiple: 8
 budgets: {{latency_ms: {latency_ms}, memory_mb: {memory_mb}, model_mb: {model_mb}}}
-measure: {{backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60}}
+measure: {{{measure}}}
 """
 
 
@@ -47,8 +51,8 @@ def make_results(folder: Path, digits_task) -> Path:
     return folder
 
 
-def write_configs(folder: Path, **budgets) -> tuple[Path, Path]:
-    space, profile = folder / "space.yaml", folder / "profile.yaml"
-    space.write_text(TINY_SPACE)
-    profile.write_text(profile_text(**budgets))
-    return space, profile
+def write_configs(folder: Path, space_text: str = TINY_SPACE, **profile) -> tuple[Path, Path]:
+    space, prof = folder / "space.yaml", folder / "profile.yaml"
+    space.write_text(space_text)
+    prof.write_text(profile_text(**profile))
+    return space, prof

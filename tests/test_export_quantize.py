@@ -202,3 +202,13 @@ def test_fp16_whole_model(tmp_path):
         ref = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ort_logits(out, x), ref, atol=5e-2, rtol=5e-2)
     assert os.path.getsize(out) < 0.7 * os.path.getsize(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
+def test_a_layer_ort_cannot_quantize_is_a_short_trial_failure(teacher_onnx, tmp_path, bad):
+    # ONNX Runtime's quantizer cannot compute a scale for a non-finite activation range (its own
+    # "scale issue" assertion): the trial fails with a reason instead of crashing the study.
+    calibration = np.full_like(_calibration(16), bad)
+    layers = quantizable_layers(str(teacher_onnx))
+    with pytest.raises(TrialFailure, match=r"^quantization failed: AssertionError: scale issue$"):
+        quantize(teacher_onnx, tmp_path / "q.onnx", {k: 8 for k in layers}, calibration)

@@ -65,10 +65,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if device.type != "cpu":  # export and verify on CPU, where the model will be measured
-        model = copy.deepcopy(model).cpu()
+    model = _for_export(model.eval())
     # Batch 2: torch.export specialises a dimension whose example size is 1.
     example = torch.rand(2, *input_shape)
     batch = torch.export.Dim("batch", min=1, max=65_536)
@@ -86,6 +83,21 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
     if verify:
         check_export(model, path, input_shape, atol=atol)
     return path
+
+
+def _for_export(model: nn.Module) -> nn.Module:
+    """The model to trace: on CPU (where it will be measured) and without in-place activations, whose
+    functionalisation makes torch.export's decomposition ~1.5x slower (3.2 s vs 2.0 s on the Fashion-MNIST
+    teacher) for an identical ONNX graph. A copy when anything changes; the caller's model is untouched."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
+    if on_cpu and not inplace:
+        return model
+    model = copy.deepcopy(model).cpu()
+    for m in model.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    return model
 
 
 def check_export(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],

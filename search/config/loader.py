@@ -15,6 +15,32 @@ from search.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, plus: a key given twice is an error (not "the last one wins"), and no aliases (an alias
+    bomb expands exponentially; a config file never needs one)."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(None, None, "aliases (*name) are not allowed here",
+                                                    event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: the constructor below reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """Load a YAML file that must hold a mapping; every failure names the file."""
     p = Path(path)
@@ -29,12 +55,14 @@ def read_yaml_mapping(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())[:200]
         raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{p}: invalid YAML: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
         raise ConfigError(f"{p}: expected a YAML mapping at the top level, got {kind}")

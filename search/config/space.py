@@ -82,6 +82,9 @@ class Calibration(_Strict):
 
 class Quantization(_Strict):
     bits: tuple[Literal[32, 16, 8, 4], ...] = Field((32, 8), min_length=1)
+    # layer: one bit-width per quantizable layer; block: one per block (fewer dimensions, and no
+    # Quantize/Dequantize pair between the layers of a block).
+    granularity: Literal["layer", "block"] = "layer"
     calibration: Calibration = Calibration()
     per_channel: bool = True
     fp16: bool = Field(False, description="also try whole-model fp16 when the profile lists it")

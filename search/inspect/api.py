@@ -54,7 +54,14 @@ def open_storage(url: str) -> Any:
                 raise UserError(f"--storage {url}: {path} not found")
     with warnings.catch_warnings():  # its heartbeat options warn (experimental/deprecated); a reader needs none
         warnings.simplefilter("ignore")
-        return _open(url)
+        try:
+            return _open(url)
+        except UserError:
+            raise
+        except Exception as e:  # a file that is not a journal (Optuna's reader fails deep inside), ...
+            reason = " ".join(str(e).split())[:200]
+            raise UserError(f"--storage {redact_url(url)}: cannot read it as a study storage "
+                            f"({type(e).__name__}: {reason})") from None
 
 
 def _study_names(storage: Any) -> list[str]:

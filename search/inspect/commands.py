@@ -41,10 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _open(args: argparse.Namespace):
     import optuna
 
-    from search.inspect.api import load_study
+    from search.errors import UserError
+    from search.inspect.api import is_storage_url, load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.storage:
+        if not is_storage_url(args.storage):  # else load_study would take it for a second study name
+            raise UserError(f"--storage {args.storage!r}: expected sqlite:///path, postgresql://user@host/db or "
+                            "journal:PATH")
         return load_study(args.storage, results=args.results, study_name=args.study)
     return load_study(args.study, results=args.results)
 

@@ -8,8 +8,8 @@ needs `Authorization: Bearer TOKEN`):
                       memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>;
                       answers the Measurement record as JSON (candidate and reference interleaved in the
                       same fresh-process rounds, as locally). 409 when the reference is unknown (re-upload).
-Errors: 400 bad model/params, 401 token, 408 slow upload, 411/413 no/too large Content-Length, 422 hung or
-crashed while measured, 503 queue full (retry later). Install and use: docs/agent.md.
+Errors: 400 bad model/params, 401 token, 408 stalled or too slow upload, 411/413 no/too large Content-Length,
+422 hung or crashed while measured, 503 queue full (retry later). Install and use: docs/agent.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
+import mmap
 import os
 import re
 import shutil
@@ -27,6 +29,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +48,9 @@ else:  # standalone on the device: runner.py sits next to this file, the package
 AGENT_VERSION = "1.0"
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 MAX_REFERENCES = 4
+# An upload may stall for at most read_timeout_s at a time, and must arrive as a whole within read_timeout_s plus
+# one second per MIN_UPLOAD_RATE bytes: a client trickling a byte now and then cannot hold a queue slot forever.
+MIN_UPLOAD_RATE = 64 * 2**10
 
 
 # ------------------------------------------------------------------- model check (no onnx package needed)
@@ -90,12 +96,14 @@ def _fields(buf: memoryview):
 
 # Per message type, the fields (numbers from onnx.proto) that can hold an op domain, a tensor or a subgraph.
 _SCHEMA: dict[str, dict[int, str]] = {
-    "model": {7: "graph", 8: "opset", 25: "function"},
+    "model": {7: "graph", 8: "opset", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto: initialization, algorithm
     "graph": {1: "node", 5: "tensor", 15: "sparse"},
     "sparse": {1: "tensor", 2: "tensor"},
     "node": {5: "attribute", 7: "domain"},
-    "attribute": {5: "tensor", 6: "graph", 10: "graph", 11: "tensor", 22: "sparse", 23: "sparse"},
-    "function": {7: "node", 9: "opset"},
+    # AttributeProto: t, g, tensors, graphs, sparse_tensor, sparse_tensors
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "function": {7: "node", 9: "opset", 11: "attribute"},
     "opset": {1: "domain"},
 }
 
@@ -123,7 +131,7 @@ def _walk(buf: memoryview, kind: str, depth: int) -> None:
             _walk(value, child, depth + 1)  # type: ignore[arg-type]
 
 
-def check_model(data: bytes) -> None:
+def check_model(data: bytes | memoryview) -> None:
     """Raise InvalidModel unless `data` parses as a ModelProto with a graph, no external data and only
     allowed op domains. ONNX Runtime itself validates the rest when the runner loads the model."""
     buf = memoryview(data)
@@ -185,6 +193,12 @@ class AgentServer(ThreadingHTTPServer):
                  read_timeout_s: float, verbose: bool = False) -> None:
         if not token or not token.strip():
             raise UserError("the agent refuses to start without a token (pass a non-empty token file)")
+        if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+            raise UserError(f"--max-upload-mb must be a number > 0, got {max_upload_mb}")
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
+            raise UserError(f"--queue-size must be a whole number >= 0, got {queue_size}")
+        if not (math.isfinite(read_timeout_s) and read_timeout_s > 0):
+            raise UserError(f"the read timeout must be a number of seconds > 0, got {read_timeout_s}")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.token = token.strip().encode()
@@ -204,7 +218,7 @@ class AgentServer(ThreadingHTTPServer):
                 "runner_version": runner.RUNNER_VERSION, "max_upload_mb": self.max_upload_mb,
                 "domains": sorted(ALLOWED_DOMAINS)}
 
-    def store_reference(self, data: bytes) -> str:
+    def store_reference(self, data: bytes | memoryview) -> str:
         digest = hashlib.sha256(data).hexdigest()
         with self.state_lock:
             if digest not in self.references:
@@ -218,7 +232,11 @@ class AgentServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if hasattr(self, "workdir"):  # not yet made when binding failed (the base class closes right away)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+Answer = tuple[int, dict]  # (HTTP status, JSON payload) for _Handler._send
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -279,25 +297,57 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.state_lock:
             self.server.pending += 1
         try:
-            self._post(url.path, int(length), params)
-        finally:
+            answer = self._post(url.path, int(length), params)
+        finally:  # the slot is free before the client reads its answer, so it may send the next at once
             with self.server.state_lock:
                 self.server.pending -= 1
             self.server.slots.release()
+        self._send(*answer)
 
-    def _post(self, path: str, length: int, params: dict) -> None:
+    def _read_body(self, into: memoryview) -> int:
+        """Fill `into` from the request body against a per-read timeout (a stall) and an overall deadline (a
+        trickle): TimeoutError. Returns the bytes read, fewer when the client closed early."""
+        timeout = self.server.read_timeout_s
+        deadline = time.monotonic() + timeout + len(into) / MIN_UPLOAD_RATE
+        got = 0
         try:
-            data = self.rfile.read(length)
+            while got < len(into):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(min(timeout, left))
+                n = self.rfile.readinto1(into[got:got + 2**20])
+                if not n:
+                    break
+                got += n
+        finally:
+            self.connection.settimeout(timeout)  # for writing the answer
+        return got
+
+    def _post(self, path: str, length: int, params: dict) -> Answer:
+        # The body goes to anonymous memory, committed page by page as bytes arrive and handed back to the OS
+        # when the request ends: a heap buffer would stay in the agent's resident memory after each upload.
+        buf = mmap.mmap(-1, max(length, 1))
+        try:
+            return self._upload(path, memoryview(buf)[:length], params)
+        finally:
+            with contextlib.suppress(BufferError):  # a view still alive: freed with it instead
+                buf.close()
+
+    def _upload(self, path: str, data: memoryview, params: dict) -> Answer:
+        try:
+            length, got = len(data), self._read_body(data)
         except TimeoutError:
-            return self._send(408, {"error": f"upload slower than {self.server.read_timeout_s:g} s; dropped"})
-        if len(data) != length:
-            return self._send(400, {"error": "body shorter than Content-Length"})
+            return 408, {"error": f"upload slower than {self.server.read_timeout_s:g} s (a stall) or "
+                                  f"{MIN_UPLOAD_RATE // 2**10} KiB/s (on average); dropped"}
+        if got != length:
+            return 400, {"error": "body shorter than Content-Length"}
         try:
             check_model(data)
         except InvalidModel as e:
-            return self._send(400, {"error": str(e)})
+            return 400, {"error": str(e)}
         if path == "/v1/reference":
-            return self._send(200, {"sha256": self.server.store_reference(data)})
+            return 200, {"sha256": self.server.store_reference(data)}
         request_id = uuid.uuid4().hex
         reference = None
         if params["reference"]:
@@ -307,14 +357,14 @@ class _Handler(BaseHTTPRequestHandler):
                     reference = self.server.workdir / f"ref-{request_id}.onnx"
                     shutil.copyfile(stored, reference)
             if reference is None:
-                return self._send(409, {"error": "unknown reference; upload it to /v1/reference"})
+                return 409, {"error": "unknown reference; upload it to /v1/reference"}
         try:
-            self._measure(data, params, reference, request_id)
+            return self._measure(data, params, reference, request_id)
         finally:
             if reference is not None:
                 reference.unlink(missing_ok=True)
 
-    def _measure(self, data: bytes, params: dict, reference: Path | None, request_id: str) -> None:
+    def _measure(self, data: memoryview, params: dict, reference: Path | None, request_id: str) -> Answer:
         candidate = self.server.workdir / f"candidate-{request_id}.onnx"
         candidate.write_bytes(data)
         kwargs = {k: v for k, v in params.items() if k != "reference"}
@@ -329,12 +379,12 @@ class _Handler(BaseHTTPRequestHandler):
                         self.server.busy = False
         except runner.RoundError as e:
             code = 400 if e.kind in ("load", "input") else 422
-            return self._send(code, {"error": str(e), "kind": e.kind})
+            return code, {"error": str(e), "kind": e.kind}
         except Exception as e:  # noqa: BLE001 - answer rather than drop the connection (the client would retry)
-            return self._send(500, {"error": f"agent error: {type(e).__name__}: {e}"})
+            return 500, {"error": f"agent error: {type(e).__name__}: {e}"}
         finally:
             candidate.unlink(missing_ok=True)
-        self._send(200, {**record, "backend": "remote"})
+        return 200, {**record, "backend": "remote"}
 
 
 # ----------------------------------------------------------------------------------------- entry points

@@ -6,16 +6,17 @@ import argparse
 import sys
 
 
-def _int_at_least(low: int):
-    """argparse type: a whole number >= low."""
+def _int_at_least(low: int, high: int | None = None):
+    """argparse type: a whole number >= low (and <= high)."""
 
     def parse(v: str) -> int:
         try:
             n = int(v)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {v!r}") from None
-        if n < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        if n < low or (high is not None and n > high):
+            allowed = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {n}")
         return n
 
     return parse
@@ -23,6 +24,7 @@ def _int_at_least(low: int):
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+_seed = _int_at_least(0, 2**32 - 1 - 10_000)  # numpy seeds are 32-bit; workers add their id
 
 
 def _positive_float(v: str) -> float:
@@ -47,15 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", metavar="DIR", help="shared artifact folder (default results/<study>/artifacts)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random", "gp"), default="tpe")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="same seed, same plans (0 to 4294957295)")
     p.add_argument("--timeout", type=_positive_float, metavar="SEC", help="stop starting trials after this long")
     p.add_argument("--results", default="results", metavar="DIR")
     p.add_argument("--refine", type=_non_negative_int, default=0, metavar="K",
                    help="retrain K front points with the space's longer refine budget")
     p.add_argument("--train-on", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
+    p.add_argument("--max-failures", type=_non_negative_int, default=10, metavar="N",
+                   help="stop after N failed trials in a row, keeping every finished one (0: never stop)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--worker-id", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
 
@@ -66,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run(args.task, args.space, args.device, args.trials, args.study, storage=args.storage,
                      artifacts=args.artifacts, workers=args.workers, sampler=args.sampler, seed=args.seed,
                      timeout=args.timeout, results=args.results, refine=args.refine, train_on=args.train_on,
-                     data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id)
+                     data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id,
+                     max_failures=args.max_failures)
     except KeyboardInterrupt:
         print(f"stopped: study '{args.study}' keeps every finished trial; rerun the same command to resume",
               file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import optuna
 
-from search.errors import TrialFailure
+from search.errors import TrialFailure, disk_full
 from search.measure.accuracy import onnx_accuracy
 from search.study.context import Context
 from search.study.record import (
@@ -30,6 +30,7 @@ from search.study.record import (
     T_PLAN_ARTIFACT,
     T_REFINED_FROM,
     T_SKIPPED,
+    T_STAGE,
     T_STAGE_SECONDS,
     T_TRAINED,
     T_WORKER,
@@ -88,9 +89,15 @@ class Objective:
         self.ctx = ctx
         self.store = artifact_store
         self.on_stage = on_stage
+        self.fatal: str | None = None  # set when no further trial can succeed here (results disk full)
+
+    def _stage(self, trial: optuna.Trial, stage: str) -> None:
+        trial.set_user_attr(T_STAGE, stage)  # visible in the storage: dashboards, other workers, tests
+        if self.on_stage:
+            self.on_stage(trial.number, stage)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        timer = StageTimer(lambda s: self.on_stage(trial.number, s) if self.on_stage else None)
+        timer = StageTimer(lambda s: self._stage(trial, s))
         work = self.ctx.study_dir / "tmp" / f"trial-{trial.number}"
         work.mkdir(parents=True, exist_ok=True)
         try:
@@ -102,9 +109,16 @@ class Objective:
             trial.study.enqueue_trial(trial.params, user_attrs={**keep, T_INTERRUPTED_FROM: trial.number})
             raise
         except Exception as e:
-            reason = str(e) if isinstance(e, TrialFailure) else f"{type(e).__name__}: {e}"
-            trial.set_user_attr(T_FAIL_REASON, " ".join(reason.split())[:500])
-            trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
+            full = disk_full(e)
+            if full:
+                self.fatal = f"results disk full: {full}"
+            reason = full or (str(e) if isinstance(e, TrialFailure) else f"{type(e).__name__}: {e}")
+            try:
+                trial.set_user_attr(T_FAIL_REASON, " ".join(reason.split())[:500])
+                trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
+            except Exception:
+                if not full:  # on a full disk the storage may refuse this too; the run stops anyway
+                    raise
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -39,6 +39,7 @@ T_CONSTRAINTS = "constraints"  # {name: value}; feasible when every value <= 0
 T_METRICS = "metrics"  # {"accuracy", "latency_ms", "latency_raw_ms", "memory_mb", "memory_model_mb",
 #                         "model_mb", "macs", "params"}
 T_MEASUREMENT = "measurement"  # Measurement.to_dict()
+T_STAGE = "stage"  # the stage a trial is in (or was in when it stopped): prune, export, measure, distill, ...
 T_STAGE_SECONDS = "stage_seconds"  # {"prune", "measure", "distill", "export", "quantize", "evaluate"}
 T_SKIPPED = "skipped_layers"  # {layer: reason} (pruning or quantization could not apply it)
 T_FAIL_REASON = "fail_reason"

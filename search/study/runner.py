@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import optuna
 
 from search.config import load_profile, load_space
-from search.errors import UserError
+from search.errors import RunStopped, UserError, disk_full
 from search.study.record import BASELINES, DIRECTIONS, T_BASELINE, T_BUDGET, T_FAIL_REASON, T_FEASIBLE, T_REFINED_FROM
 from search.study.storage import default_url, make_sampler, open_storage
 
@@ -26,7 +27,6 @@ class RunResult:
     n_complete: int
     n_failed: int
     front_trials: tuple[int, ...]
-    interrupted: bool = False
 
     def view(self):
         """The study to inspect: `.front` (DataFrame), `.trials`, `.export(trial, out_dir)`, `.report()`."""
@@ -73,29 +73,95 @@ def _dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool
 
 def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The K most promising trained, feasible trials not yet refined: their own Pareto layers in order
-    (first layer first), each layer spread along latency (fastest, slowest, between)."""
+    (first layer first), each layer spread along latency (fastest, slowest, between).
+
+    Trials faster than every training-free feasible model (the teacher, its PTQ) come first: refining a
+    slower one buys accuracy the training-free model already has at a better latency.
+    """
     if k <= 0:
         return []
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     done = {t.user_attrs.get(T_REFINED_FROM) for t in study.get_trials(deepcopy=False)}
-    pool = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE) and t.number not in done
-            and t.user_attrs.get(T_REFINED_FROM) is None]
+    pool = [t for t in trials if t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE)
+            and t.number not in done and t.user_attrs.get(T_REFINED_FROM) is None]
+    free = [t.values[1] for t in trials if not t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE)]
+    fastest_free = min(free, default=float("inf"))
     chosen: list[optuna.trial.FrozenTrial] = []
-    while pool and len(chosen) < k:
-        layer = sorted((t for t in pool if not any(_dominates(o, t) for o in pool)), key=lambda t: t.values[1])
-        need = k - len(chosen)
-        if len(layer) > need:
-            idx = sorted({round(i * (len(layer) - 1) / max(1, need - 1)) for i in range(need)}) if need > 1 else [0]
-            layer = [layer[i] for i in idx]
-        chosen += layer
-        pool = [t for t in pool if t not in layer]
+    for group in ([t for t in pool if t.values[1] < fastest_free], [t for t in pool if t.values[1] >= fastest_free]):
+        while group and len(chosen) < k:
+            layer = sorted((t for t in group if not any(_dominates(o, t) for o in group)), key=lambda t: t.values[1])
+            need = k - len(chosen)
+            if len(layer) > need:
+                idx = sorted({round(i * (len(layer) - 1) / max(1, need - 1)) for i in range(need)}) if need > 1 else [0]
+                layer = [layer[i] for i in idx]
+            chosen += layer
+            group = [t for t in group if t not in layer]
     return chosen
+
+
+class FailureStreak:
+    """Optuna callback: failed trials in a row as this worker finished them (a Ctrl-C'd one does not count)."""
+
+    def __init__(self) -> None:
+        self.count, self.last = 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL and T_FAIL_REASON in trial.user_attrs:
+            self.count += 1
+            self.last = f"trial {trial.number}: {trial.user_attrs[T_FAIL_REASON]}"
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            self.count = 0
+
+
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_RESUME = "every finished trial is kept; rerun the same command to resume"
+
+
+def _check_stop(fatal: str | None, streak: FailureStreak, max_failures: int) -> None:
+    if fatal:
+        raise RunStopped(f"{fatal}; {_RESUME} after freeing space")
+    if max_failures and streak.count >= max_failures:
+        raise RunStopped(f"stopped after {streak.count} failed trials in a row (last {streak.last[:300]}); "
+                         f"{_RESUME} once the cause is fixed (--max-failures 0 never stops)")
+
+
+def _check_folder(flag: str, folder: Path) -> None:
+    """Fail fast, without creating anything, when `folder` cannot be created or written."""
+    p = folder.resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise UserError(f"{flag}: {p} is a file, not a folder (cannot hold {folder})")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: no permission to write in {p}")
+
+
+def _check_existing(storage: optuna.storages.BaseStorage, study: str, task: str, space, profile) -> None:
+    from search.study.setup import check_same_setup
+
+    try:
+        found = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # no such study yet
+        return
+    check_same_setup(found, task, space, profile)
+
+
+def _stop_children(children: list[subprocess.Popen]) -> None:
+    """Ctrl-C the other workers (each re-queues its running trial) and wait for them."""
+    for c in children:
+        if c.poll() is None:
+            c.send_signal(signal.SIGINT)
+    for c in children:
+        try:
+            c.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            c.kill()
 
 
 def _worker_cmd(args: dict, worker_id: int) -> list[str]:
     cmd = [sys.executable, "-m", "search", "run", "--worker-id", str(worker_id), "--no-progress", "--workers", "1"]
     for flag in ("task", "space", "device", "trials", "study", "storage", "artifacts", "sampler", "seed", "timeout",
-                 "results", "train_on", "data_dir"):
+                 "results", "train_on", "data_dir", "max_failures"):
         v = args.get(flag)
         if v is not None:
             cmd += [f"--{flag.replace('_', '-')}", str(v)]
@@ -106,27 +172,48 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
         artifacts: str | Path | None = None, workers: int = 1, sampler: str = "tpe", seed: int = 0,
         timeout: float | None = None, results: str | Path = "results", refine: int = 0, train_on: str = "auto",
         data_dir: str | Path | None = None, progress: bool = True, worker_id: int = 0,
-        write_outputs: bool = True) -> RunResult:
-    """Run (or resume) the study until it has `trials` explore trials, then refine `refine` front points."""
+        write_outputs: bool = True, max_failures: int = 10) -> RunResult:
+    """Run (or resume) the study until it has `trials` explore trials, then refine `refine` front points.
+
+    Raises RunStopped (every finished trial kept) when the results disk fills up or `max_failures`
+    trials in a row fail (0: never stop for failures), and KeyboardInterrupt after a clean Ctrl-C stop.
+    """
     if trials <= 0:
         raise UserError(f"--trials must be a positive number, got {trials}")
     if workers <= 0:
         raise UserError(f"--workers must be a positive number, got {workers}")
     if refine < 0:
         raise UserError(f"--refine must be 0 or more, got {refine}")
+    if max_failures < 0:
+        raise UserError(f"--max-failures must be 0 or more, got {max_failures}")
+    if not _STUDY_NAME.fullmatch(study):
+        raise UserError(f"--study {study!r}: use letters, digits, '.', '_' or '-', starting with a letter or "
+                        "digit (it names the folder results/<study>/)")
     space_cfg, profile = load_space(space), load_profile(device)
     space_cfg.bits_for(profile, source=str(space))
     study_dir = Path(results) / study
     url = storage or default_url(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
     artifacts_dir = Path(artifacts) if artifacts else study_dir / "artifacts"
-    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    folders = (("--results", study_dir), ("--artifacts", artifacts_dir))
+    for flag, folder in folders:
+        _check_folder(flag, folder)
+    if storage or Path(url.removeprefix("sqlite:///")).is_file():  # an existing study: same setup?
+        _check_existing(open_storage(url), study, task, space_cfg, profile)
+
+    from search.tasks import load_task
+
+    # The task before the study is created: a bad --task leaves no empty study behind.
+    t = load_task(task, data_dir=data_dir, results_dir=results, train_on=train_on, progress=progress)
+    for flag, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{flag}: cannot create the folder {folder} ({e.strerror})") from None
 
     from search.study.objective import Objective
     from search.study.progress import TrialProgress
     from search.study.sampling import baseline_params
     from search.study.setup import build_context, check_same_setup
-    from search.tasks import load_task
 
     # Optuna's own failure warnings carry tracebacks; the progress line reports each failure in one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -135,7 +222,6 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
                              sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
                              load_if_exists=True)
     check_same_setup(st, task, space_cfg, profile)
-    t = load_task(task, data_dir=data_dir, results_dir=results, train_on=train_on, progress=progress)
     threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                   // workers)
     ctx = build_context(st, t, space_cfg, profile, study_dir, seed=seed, train_on=train_on, threads=threads,
@@ -155,15 +241,21 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     if worker_id == 0 and workers > 1:
         call = dict(task=task, space=space, device=device, trials=trials, study=study, storage=url,
                     artifacts=artifacts_dir, sampler=sampler, seed=seed, timeout=timeout, results=results,
-                    train_on=train_on, data_dir=data_dir)
+                    train_on=train_on, data_dir=data_dir, max_failures=max_failures)
         children = [subprocess.Popen(_worker_cmd(call, i), stdout=subprocess.DEVNULL) for i in range(1, workers)]
     deadline = time.monotonic() + timeout if timeout else None
-    interrupted = False
+    streak = FailureStreak()
+
+    def one_trial() -> None:
+        st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done, streak])
+        _check_stop(objective.fatal, streak, max_failures)
+
+    stop: BaseException | None = None
     try:
         with bar:
             while deadline is None or time.monotonic() < deadline:
                 if counted_trials(st) < trials or _waiting(st):
-                    st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done])
+                    one_trial()
                 elif _running(st) and heartbeats:
                     # Another worker's trial: wait for it; if that worker died, its heartbeat goes
                     # stale, the trial is failed and re-queued (WAITING), and we run it.
@@ -186,26 +278,23 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
                 for _ in waiting:
                     if deadline is not None and time.monotonic() >= deadline:
                         break
-                    st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done])
-    except KeyboardInterrupt:
-        interrupted = True
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGINT)
-        for c in children:
-            try:
-                c.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                c.kill()
+                    one_trial()
+    except (KeyboardInterrupt, RunStopped) as e:
+        stop = e
+    except Exception as e:  # a storage write refused on a full disk escapes optimize itself
+        if (full := disk_full(e)) is None:
+            raise
+        stop = RunStopped(f"results disk full: {full}; {_RESUME} after freeing space")
+    if stop is not None:
+        _stop_children(children)
+        raise stop
     finished = st.get_trials(deepcopy=False)
     result = RunResult(
         study_name=study, storage_url=url, results_dir=study_dir,
         n_complete=sum(x.state == optuna.trial.TrialState.COMPLETE for x in finished),
         n_failed=sum(x.state == optuna.trial.TrialState.FAIL for x in finished),
-        front_trials=tuple(x.number for x in feasible_front(st)), interrupted=interrupted,
+        front_trials=tuple(x.number for x in feasible_front(st)),
     )
-    if interrupted:
-        raise KeyboardInterrupt
     if worker_id == 0 and write_outputs:
         _write_outputs(st, study_dir)
     return result
@@ -220,4 +309,4 @@ def _write_outputs(st: optuna.Study, study_dir: Path) -> None:
     write_outputs(st, study_dir)
 
 
-__all__ = ["BASELINES", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]
+__all__ = ["BASELINES", "FailureStreak", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]

@@ -16,25 +16,35 @@ class SearchLayers:
 
     `groups`: {deciding layer: coupled layers} — one ratio per group (coupled layers share channels).
     `blocks`: {block: deciding layers} for `granularity: block`. `quantizable`: layers owning a
-    Conv/Gemm/MatMul node in the teacher's ONNX graph (one bit-width each).
+    Conv/Gemm/MatMul node in the teacher's ONNX graph (one bit-width each); `quant_blocks`: the same
+    layers by block, for the quantization's `granularity: block`.
     """
 
     groups: dict[str, list[str]] = field(default_factory=dict)
     blocks: dict[str, list[str]] = field(default_factory=dict)
     quantizable: list[str] = field(default_factory=list)
+    quant_blocks: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable}
+        return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable,
+                "quant_blocks": self.quant_blocks}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchLayers:
-        return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"])
+        return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"],
+                   quant_blocks=d.get("quant_blocks", {}))
 
     def prune_units(self, granularity: str) -> dict[str, list[str]]:
         """{parameter suffix: deciding layers it sets}."""
         if granularity == "block":
             return self.blocks
         return {g: [g] for g in self.groups}
+
+    def bit_units(self, granularity: str) -> dict[str, list[str]]:
+        """{parameter suffix: quantizable layers it sets}."""
+        if granularity == "block" and self.quant_blocks:
+            return self.quant_blocks
+        return {q: [q] for q in self.quantizable}
 
 
 def _float(trial: optuna.Trial, name: str, low: float, high: float, log: bool) -> float:
@@ -56,8 +66,10 @@ def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, b
         for layer in deciders:
             prune[layer] = r
     plan_bits: dict[str, int] = {}
-    for layer in layers.quantizable:
-        plan_bits[layer] = bits[0] if len(bits) == 1 else int(trial.suggest_categorical(f"bits.{layer}", bits))
+    for unit, members in layers.bit_units(space.quantization.granularity).items():
+        b = bits[0] if len(bits) == 1 else int(trial.suggest_categorical(f"bits.{unit}", bits))
+        for layer in members:
+            plan_bits[layer] = b
     return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=seed + trial.number)
 
 
@@ -87,7 +99,7 @@ def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, .
         if len(ratios) > 1:
             p.update({f"prune.{u}": ratio for u in units})
         if len(bits) > 1:
-            p.update({f"bits.{q}": b for q in layers.quantizable})
+            p.update({f"bits.{q}": b for q in layers.bit_units(space.quantization.granularity)})
         return p
 
     wanted = {"teacher-fp32": (0.0, 32), "teacher-int8": (0.0, 8), "prune25-kd-int8": (0.25, 8),

@@ -39,7 +39,9 @@ def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> Searc
     example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
     groups = prune_groups(task.teacher, example, never_prune=space.pruning.never_prune)
     blocks = layer_blocks(task.teacher, list(groups))
-    return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable_layers(reference_onnx))
+    quantizable = quantizable_layers(reference_onnx)
+    return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable,
+                        quant_blocks=layer_blocks(task.teacher, quantizable))
 
 
 def check_same_setup(study: optuna.Study, task_spec: str, space: SearchSpace, profile: DeviceProfile) -> None:

@@ -27,8 +27,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         path = url.removeprefix("journal:").removeprefix("//")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except (OSError, ValueError) as e:  # an unwritable folder; a file that is not an Optuna journal
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
+            raise UserError(f"--storage {url}: cannot open the journal file ({reason}; expected "
+                            "journal:PATH to a new or existing Optuna journal)") from None
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise UserError(f"--storage {url!r}: expected sqlite:///path, postgresql://user@host/db or journal:PATH")
     if url.startswith(("postgresql://", "postgres://")):

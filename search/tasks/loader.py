@@ -11,6 +11,16 @@ from search.errors import UserError
 from search.tasks.base import Task
 from search.tasks.builtin import BUILTIN_TASKS, load_builtin
 
+# The user's module or task function failing in any way, sys.exit() included, is bad input (one line, exit 2);
+# only Ctrl-C goes through.
+_USER_CODE_ERRORS = (Exception, SystemExit)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
+
 
 def _load_callable(spec: str):
     target, _, func_name = spec.rpartition(":")
@@ -29,13 +39,14 @@ def _load_callable(spec: str):
         sys.modules[mod_name] = module
         try:
             mspec.loader.exec_module(module)
-        except Exception as e:
-            raise UserError(f"--task {spec!r}: importing {path} failed: {type(e).__name__}: {e}") from None
+        except _USER_CODE_ERRORS as e:
+            sys.modules.pop(mod_name, None)
+            raise UserError(f"--task {spec!r}: importing {path} failed: {_describe(e)}") from None
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as e:
-            raise UserError(f"--task {spec!r}: cannot import module {target}: {type(e).__name__}: {e}") from None
+        except _USER_CODE_ERRORS as e:
+            raise UserError(f"--task {spec!r}: cannot import module {target}: {_describe(e)}") from None
     func = getattr(module, func_name, None)
     if func is None or not callable(func):
         raise UserError(f"--task {spec!r}: {target} has no function {func_name!r}")
@@ -52,8 +63,39 @@ def load_task(spec: str, *, data_dir: str | Path | None = None, results_dir: str
         task = func()
     except UserError:
         raise
+    except SystemExit as e:
+        raise UserError(f"--task {spec!r}: the task function {_describe(e)}") from None
     except Exception as e:
         raise UserError(f"--task {spec!r}: the task function raised {type(e).__name__}: {e}") from None
     if not isinstance(task, Task):
         raise UserError(f"--task {spec!r}: the function returned {type(task).__name__}, expected search.Task")
+    _check_task(spec, task)
     return task
+
+
+def _check_task(spec: str, task: Task) -> None:
+    """The fields the search relies on, checked here so a wrong one is named now, not deep inside a trial."""
+    from torch import nn
+
+    def bad(field: str, problem: str) -> UserError:
+        return UserError(f"--task {spec!r}: the returned Task's {field} {problem}")
+
+    if not isinstance(task.name, str) or not task.name.strip():
+        raise bad("name", f"must be a non-empty string, got {task.name!r}")
+    if not isinstance(task.teacher, nn.Module):
+        raise bad("teacher", f"must be a torch.nn.Module, got {type(task.teacher).__name__}")
+    for field in ("train", "val"):
+        data = getattr(task, field)
+        try:
+            n = len(data)
+            sample = data[0] if n else None
+        except Exception as e:
+            raise bad(field, f"must be a map-style dataset (len() and [i]), got {type(data).__name__} "
+                             f"({type(e).__name__}: {e})") from None
+        if n == 0:
+            raise bad(field, "is empty")
+        if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
+            raise bad(f"{field}[0]", f"must be an (input, label) pair, got {type(sample).__name__}")
+        shape = tuple(getattr(sample[0], "shape", ()))
+        if shape and shape != tuple(task.input_shape):
+            raise bad(f"{field}[0]", f"input has shape {shape}, but input_shape is {tuple(task.input_shape)}")

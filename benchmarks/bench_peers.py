@@ -1,0 +1,258 @@
+"""Peers benchmark: the models Microsoft Olive and onnx-neural-compressor pick for the Fashion-MNIST teacher,
+next to the fp32 teacher and hwsearch's uniform int8 PTQ, all measured by hwsearch's own timer in one run.
+
+Each peer runs its own search in its own virtual environment (benchmarks/peers/run_*.py; their pins
+conflict with ours) on the same fp32 ONNX export and the same calibration images (256 training images).
+Every model it returns is then scored here, in this process, exactly as a study scores a trial: ONNX
+Runtime top-1 on the evaluation images, then `search.measure.runner.measure` (fresh processes, batch 1,
+one thread, p50 latency and the same-round ratio to the fp32 teacher, peak memory) and file size. The
+peers' own reported metrics and search times are kept beside ours. Writes benchmarks/results/peers.json.
+
+    nice -n 19 bash benchmarks/peers/setup.sh           # once: the two peer environments (~3 GB)
+    .venv/bin/python benchmarks/bench_peers.py [--quick | --full] [--front results/<study>/front.csv]
+
+--quick (the default): 2,000 evaluation images, 3 rounds, Olive max_iter 4, onnx-neural-compressor 5 trials.
+--full: all 10,000 test images, 5 rounds, Olive max_iter 10, onnx-neural-compressor 20 trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = REPO / "benchmarks" / "peers"
+sys.path.insert(0, str(REPO))
+
+from search.measure.runner import describe_device  # noqa: E402
+
+CALIBRATION_IMAGES = 256
+PEER_TIMEOUT_S = 3600
+MODES = {  # eval images, measurement rounds, Olive max_iter, onnx-neural-compressor max_trials
+    "quick": {"eval_images": 2000, "rounds": 3, "olive_max_iter": 4, "onc_max_trials": 5},
+    "full": {"eval_images": 10_000, "rounds": 5, "olive_max_iter": 10, "onc_max_trials": 20},
+}
+ONC_TOLERABLE_LOSS = 0.01
+
+
+class BenchError(Exception):
+    """A problem the user can fix (missing data, a bad --front): printed as one line, exit 2."""
+
+
+def shown(path: Path) -> str:
+    """A path as the user would type it from the repository root."""
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def prepare(work: Path, eval_images: int) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Export the fp32 teacher and write the .npz the peers read; return the arrays scored here too."""
+    from search.compress import export_onnx
+    from search.tasks.builtin import load_builtin
+
+    if not list((REPO / "results" / "teachers").glob("fashion-mnist-*.pt")):
+        print("note: no cached Fashion-MNIST teacher under results/teachers: training it first (~10-30 min)")
+    try:
+        task = load_builtin("fashion-mnist", results_dir=REPO / "results", progress=False)
+    except Exception as e:  # UserError for missing data; anything else is just as fatal here
+        raise BenchError(f"cannot load the Fashion-MNIST task: {' '.join(str(e).split())}") from None
+    teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
+    train_x = task.train.tensors[0].numpy()
+    pick = np.sort(np.random.default_rng(0).choice(len(train_x), CALIBRATION_IMAGES, replace=False))
+    calib = np.ascontiguousarray(train_x[pick], dtype=np.float32)
+    x = np.ascontiguousarray(task.val.tensors[0].numpy()[:eval_images], dtype=np.float32)
+    y = task.val.tensors[1].numpy()[:eval_images]
+    data = work / "peers_data.npz"
+    np.savez(data, calib_x=calib, eval_x=x, eval_y=y)
+    return teacher, data, calib, x, y, task.teacher_info or {}
+
+
+def run_peer(tool: str, script: str, extra: list[str], teacher: Path, data: Path, work: Path) -> dict:
+    """Run one peer's search in its venv; return its result.json (or a status saying why there is none)."""
+    python = PEERS / f".venv-{tool}" / "bin" / "python"
+    if not python.exists():
+        msg = f"{tool}: skipped, {shown(python.parent.parent)} is missing (run: bash benchmarks/peers/setup.sh)"
+        print(msg)
+        return {"status": "skipped", "reason": msg}
+    out = work / tool
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    log = work / f"{tool}.log"
+    cmd = [str(python), str(PEERS / script), "--model", str(teacher), "--data", str(data), "--out", str(out), *extra]
+    print(f"{tool}: searching ... (log: {shown(log)})", flush=True)
+    env = {**os.environ, "OLIVE_DISABLE_TELEMETRY": "1", "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=PEER_TIMEOUT_S,
+                                  cwd=out)
+        except subprocess.TimeoutExpired:
+            print(f"{tool}: failed, timed out after {PEER_TIMEOUT_S} s")
+            return {"status": "failed", "reason": f"timed out after {PEER_TIMEOUT_S} s"}
+    wall = time.perf_counter() - start
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    result_file = out / "result.json"
+    if proc.returncode != 0 or not result_file.exists():
+        reason = f"exit status {proc.returncode}: {lines[-1][:300] if lines else 'no output'}"
+        print(f"{tool}: failed, {reason} (see {shown(log)})")
+        return {"status": "failed", "reason": reason}
+    result = json.loads(result_file.read_text())
+    for m in result["models"]:
+        m["path"] = str(out / m["path"])
+    print(f"  {lines[-1]}")
+    return {"status": "ok", "process_seconds": round(wall, 2), **result}
+
+
+def score(name: str, tool: str, path: Path, x: np.ndarray, y: np.ndarray) -> dict:
+    from search.measure.accuracy import onnx_accuracy
+
+    return {"name": name, "tool": tool, "path": shown(path), "top1": onnx_accuracy(path, x, y),
+            "file_mb": round(path.stat().st_size / 1e6, 4)}
+
+
+def time_it(row: dict, teacher: Path, rounds: int) -> None:
+    """Our timer, same settings for every model; the teacher runs beside each candidate in every round."""
+    from search.measure.runner import RoundError, measure
+
+    try:
+        rec = measure(str(REPO / row["path"]), reference=str(teacher), rounds=rounds, threads=1)
+    except RoundError as e:
+        row.update(error=f"{e.kind}: {e}")
+        return
+    row.update(p50_ms=round(rec["latency"]["p50_ms"], 5), p90_ms=round(rec["latency"]["p90_ms"], 5),
+               teacher_p50_ms=round(rec["reference"]["p50_ms"], 5), speedup=round(1.0 / rec["ratio_p50"], 3),
+               memory_total_mb=_round(rec["memory_total_mb"], 2), memory_model_mb=_round(rec["memory_model_mb"], 2))
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def read_front(path: Path) -> list[dict]:
+    """An hwsearch study's front.csv as is (numbers parsed); its numbers come from the study, not this run."""
+    if not path.is_file():
+        raise BenchError(f"--front {path}: no such file")
+
+    def value(v: str) -> Any:
+        if v in ("True", "False"):
+            return v == "True"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    with path.open(newline="") as fh:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[dict], teacher_top1: float) -> None:
+    head = (f"{'model':<46} {'top-1':>7} {'change':>7} {'p50 ms':>8} {'speedup':>8} {'mem MB':>7} {'file MB':>8} "
+            f"{'search s':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['name']:<46} {r['top1']:>7.4f}  timing failed: {r['error']}")
+            continue
+        print(f"{r['name']:<46} {r['top1']:>7.4f} {r['acc_change_pts']:+7.2f} {r['p50_ms']:8.4f} "
+              f"{r['speedup']:7.2f}x {fmt(r.get('memory_total_mb'), '7.1f'):>7} {r['file_mb']:>8.3f} "
+              f"{fmt(r.get('search_seconds'), '9.1f'):>9}")
+    print(f"change: top-1 points vs the fp32 teacher ({teacher_top1:.4f}); speedup: same-round p50 ratio to it")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.add_argument("--front", type=Path, help="an hwsearch study's front.csv to list beside (not re-run)")
+    parser.add_argument("--work", type=Path, default=REPO / "results" / "peers", help="models and logs")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
+    args = parser.parse_args()
+    settings = MODES[args.mode or "quick"]
+    front = read_front(args.front) if args.front else None
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+
+    teacher, data, calib, x, y, teacher_info = prepare(work, settings["eval_images"])
+    budgets = {"olive": ("run_olive.py", ["--max-iter", str(settings["olive_max_iter"])]),
+               "onc": ("run_onc.py", ["--max-trials", str(settings["onc_max_trials"]),
+                                      "--tolerable-loss", str(ONC_TOLERABLE_LOSS)])}
+    peers = {tool: run_peer(tool, script, extra, teacher, data, work) for tool, (script, extra) in budgets.items()}
+
+    from search.compress import quantizable_layers, quantize
+
+    start = time.perf_counter()
+    ptq = work / "hwsearch_int8_ptq.onnx"
+    quantize(teacher, ptq, {layer: 8 for layer in quantizable_layers(str(teacher))}, calib)
+    ptq_seconds = time.perf_counter() - start
+
+    # Every accuracy first, then every timing: interleaving them would skew the latencies.
+    rows = [{**score("fp32 teacher", "hwsearch", teacher, x, y), "search_seconds": None},
+            {**score("hwsearch uniform int8 PTQ (QDQ u8, per-ch.)", "hwsearch", ptq, x, y), "search_seconds": None,
+             "build_seconds": round(ptq_seconds, 2)}]
+    for res in peers.values():
+        for m in res.get("models", []):
+            row = score(m["name"], res["tool"], Path(m["path"]), x, y)
+            rows.append({**row, "search_seconds": res["search_seconds"], "candidates": res.get("candidates"),
+                         "peer_config": m.get("config"), "peer_metrics": m.get("peer_metrics"),
+                         "peer_meets_goal": m.get("meets_tolerance")})
+        res.pop("models", None)
+    teacher_top1 = rows[0]["top1"]
+    for r in rows:
+        r["acc_change_pts"] = round((r["top1"] - teacher_top1) * 100.0, 3)
+        r["size_ratio"] = round(r["file_mb"] / rows[0]["file_mb"], 3)
+    print(f"timing {len(rows)} models, {settings['rounds']} rounds each ...", flush=True)
+    for r in rows:
+        time_it(r, teacher, settings["rounds"])
+
+    result = {
+        "benchmark": "peers", "mode": args.mode or "quick",
+        "command": " ".join(["python", "benchmarks/bench_peers.py", *sys.argv[1:]]),
+        "machine": describe_device(), "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+        "versions": {"hwsearch": version("hwsearch"), "onnxruntime": version("onnxruntime"),
+                     **{res["tool"]: res["version"] for res in peers.values() if res["status"] == "ok"}},
+        "settings": {**settings, "calibration_images": CALIBRATION_IMAGES, "batch": 1, "threads": 1,
+                     "onc_tolerable_loss": ONC_TOLERABLE_LOSS},
+        "teacher": {"top1": teacher_top1, "params": teacher_info.get("params"), "macs": teacher_info.get("macs")},
+        "models": rows, "peers": peers,
+    }
+    if front is not None:
+        result["front"] = {"source": str(args.front), "note": "numbers from the study itself, not re-measured here",
+                           "rows": front}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print_table(rows, teacher_top1)
+    if front:
+        print(f"\nhwsearch front ({args.front}, from the study, not re-measured here):")
+        for f in front:
+            print(f"  trial {f.get('trial')!s:>4}: top-1 {fmt(f.get('accuracy'), '.4f')}, "
+                  f"latency {fmt(f.get('latency_ms'), '.4f')} ms, speedup {fmt(f.get('speedup'), '.2f')}x")
+    print(f"wrote {shown(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
