@@ -17,6 +17,8 @@ from search.errors import TrialFailure, disk_full
 from search.measure.accuracy import onnx_accuracy
 from search.study.context import Context
 from search.study.record import (
+    C_MAX_DROP,
+    C_MIN_ACCURACY,
     T_BASELINE,
     T_BUDGET,
     T_CONSTRAINTS,
@@ -76,9 +78,9 @@ def accuracy_constraint(ctx: Context, accuracy: float) -> dict[str, float]:
     a = ctx.space.accuracy
     out = {}
     if a.min_accuracy is not None:
-        out["min_accuracy"] = a.min_accuracy - accuracy
+        out[C_MIN_ACCURACY] = a.min_accuracy - accuracy
     if a.max_drop is not None:
-        out["max_accuracy_drop"] = (ctx.teacher_metrics["accuracy"] - accuracy) - a.max_drop
+        out[C_MAX_DROP] = (ctx.teacher_metrics["accuracy"] - accuracy) - a.max_drop
     return out
 
 

@@ -48,6 +48,9 @@ T_WORKER = "worker"  # host:pid of the process that ran the trial
 T_ONNX_ARTIFACT = "onnx_artifact_id"
 T_PLAN_ARTIFACT = "plan_artifact_id"
 
+# Constraint names of the accuracy floor; the other names in T_CONSTRAINTS are the profile's budgets.
+C_MIN_ACCURACY, C_MAX_DROP = "min_accuracy", "max_accuracy_drop"
+ACCURACY_CONSTRAINTS = (C_MIN_ACCURACY, C_MAX_DROP)
 BASELINES: tuple[str, ...] = ("teacher-fp32", "teacher-int8", "prune25-kd-int8", "prune50-kd-int8")
 
 

@@ -15,7 +15,18 @@ import optuna
 
 from search.config import load_profile, load_space
 from search.errors import RunStopped, UserError, disk_full
-from search.study.record import BASELINES, DIRECTIONS, T_BASELINE, T_BUDGET, T_FAIL_REASON, T_FEASIBLE, T_REFINED_FROM
+from search.study.record import (
+    ACCURACY_CONSTRAINTS,
+    BASELINES,
+    DIRECTIONS,
+    T_BASELINE,
+    T_BUDGET,
+    T_CONSTRAINTS,
+    T_FAIL_REASON,
+    T_FEASIBLE,
+    T_REFINED_FROM,
+    T_TRAINED,
+)
 from search.study.storage import default_url, make_sampler, open_storage
 
 
@@ -72,31 +83,34 @@ def _dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool
 
 
 def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The K most promising trained, feasible trials not yet refined: their own Pareto layers in order
-    (first layer first), each layer spread along latency (fastest, slowest, between).
+    """The K most promising trained trials not yet refined, fastest first, by their own Pareto layers.
 
-    Trials faster than every training-free feasible model (the teacher, its PTQ) come first: refining a
-    slower one buys accuracy the training-free model already has at a better latency.
+    Promising: within the hardware budgets (the accuracy floor is not applied: a short-budget accuracy is
+    what refinement is there to raise), and faster than every training-free feasible model (the teacher,
+    its PTQ), since refining a slower one buys accuracy those already have at a better latency; the slower
+    ones come last. Fastest first: the short budget costs the most accuracy at high pruning, and the slow
+    end of the front is already held by the baselines.
     """
     if k <= 0:
         return []
     trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     done = {t.user_attrs.get(T_REFINED_FROM) for t in study.get_trials(deepcopy=False)}
-    pool = [t for t in trials if t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE)
+    pool = [t for t in trials if t.user_attrs.get(T_TRAINED) and _within_budgets(t)
             and t.number not in done and t.user_attrs.get(T_REFINED_FROM) is None]
-    free = [t.values[1] for t in trials if not t.user_attrs.get("trained") and t.user_attrs.get(T_FEASIBLE)]
+    free = [t.values[1] for t in trials if not t.user_attrs.get(T_TRAINED) and t.user_attrs.get(T_FEASIBLE)]
     fastest_free = min(free, default=float("inf"))
     chosen: list[optuna.trial.FrozenTrial] = []
     for group in ([t for t in pool if t.values[1] < fastest_free], [t for t in pool if t.values[1] >= fastest_free]):
         while group and len(chosen) < k:
             layer = sorted((t for t in group if not any(_dominates(o, t) for o in group)), key=lambda t: t.values[1])
-            need = k - len(chosen)
-            if len(layer) > need:
-                idx = sorted({round(i * (len(layer) - 1) / max(1, need - 1)) for i in range(need)}) if need > 1 else [0]
-                layer = [layer[i] for i in idx]
-            chosen += layer
+            chosen += layer[: k - len(chosen)]
             group = [t for t in group if t not in layer]
     return chosen
+
+
+def _within_budgets(t: optuna.trial.FrozenTrial) -> bool:
+    constraints = t.user_attrs.get(T_CONSTRAINTS, {})
+    return all(v <= 0 for name, v in constraints.items() if name not in ACCURACY_CONSTRAINTS)
 
 
 class FailureStreak:
