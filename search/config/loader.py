@@ -55,7 +55,11 @@ def read_yaml_mapping(path: str | Path) -> dict:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _StrictLoader(text)  # what yaml.load does, with our SafeLoader subclass
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

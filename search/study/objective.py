@@ -87,13 +87,17 @@ def accuracy_constraint(ctx: Context, accuracy: float) -> dict[str, float]:
 class Objective:
     """Callable for `study.optimize`; knows the pipeline, not how any stage works inside."""
 
-    def __init__(self, ctx: Context, artifact_store, on_stage: Callable[[int, str], None] | None = None) -> None:
+    def __init__(self, ctx: Context, artifact_store, on_stage: Callable[[int, str], None] | None = None,
+                 checkpoint: Callable[[], None] | None = None) -> None:
         self.ctx = ctx
         self.store = artifact_store
         self.on_stage = on_stage
+        self.checkpoint = checkpoint  # called at every stage boundary: may raise KeyboardInterrupt
         self.fatal: str | None = None  # set when no further trial can succeed here (results disk full)
 
     def _stage(self, trial: optuna.Trial, stage: str) -> None:
+        if self.checkpoint:
+            self.checkpoint()
         trial.set_user_attr(T_STAGE, stage)  # visible in the storage: dashboards, other workers, tests
         if self.on_stage:
             self.on_stage(trial.number, stage)

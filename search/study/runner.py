@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,42 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
 def _within_budgets(t: optuna.trial.FrozenTrial) -> bool:
     constraints = t.user_attrs.get(T_CONSTRAINTS, {})
     return all(v <= 0 for name, v in constraints.items() if name not in ACCURACY_CONSTRAINTS)
+
+
+class CtrlC:
+    """SIGINT as KeyboardInterrupt, remembered: Python drops an exception raised inside a finaliser or a GC
+    callback (it only prints "Exception ignored in ..."), so a Ctrl-C landing there would be lost and the run
+    would go on. `check()` raises it again at the next stage or trial boundary."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous = None
+        self._hook = sys.unraisablehook
+
+    def __enter__(self) -> CtrlC:
+        # Only where Ctrl-C would interrupt anyway: not in a thread, not where SIGINT is ignored on purpose.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            sys.unraisablehook = self._hook
+
+    def _unraisable(self, info) -> None:  # noqa: ANN001 - sys.UnraisableHookArgs
+        if not (self.hit and isinstance(info.exc_value, KeyboardInterrupt)):  # ours: check() raises it again
+            self._hook(info)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ANN001 - signal handler signature
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
 
 
 class FailureStreak:
@@ -250,7 +287,8 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     store = optuna.artifacts.FileSystemArtifactStore(str(artifacts_dir))
     heartbeats = isinstance(storage, optuna.storages.RDBStorage)  # open_storage gives every RDB heartbeats
     bar = TrialProgress(st, total=trials + refine, enabled=progress)
-    objective = Objective(ctx, store, on_stage=bar.stage)
+    ctrl_c = CtrlC()
+    objective = Objective(ctx, store, on_stage=bar.stage, checkpoint=ctrl_c.check)
     children: list[subprocess.Popen] = []
     if worker_id == 0 and workers > 1:
         call = dict(task=task, space=space, device=device, trials=trials, study=study, storage=url,
@@ -261,12 +299,13 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     streak = FailureStreak()
 
     def one_trial() -> None:
+        ctrl_c.check()
         st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done, streak])
         _check_stop(objective.fatal, streak, max_failures)
 
     stop: BaseException | None = None
     try:
-        with bar:
+        with bar, ctrl_c:
             while deadline is None or time.monotonic() < deadline:
                 if counted_trials(st) < trials or _waiting(st):
                     one_trial()
@@ -323,4 +362,4 @@ def _write_outputs(st: optuna.Study, study_dir: Path) -> None:
     write_outputs(st, study_dir)
 
 
-__all__ = ["BASELINES", "FailureStreak", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]
+__all__ = ["BASELINES", "CtrlC", "FailureStreak", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]
