@@ -17,7 +17,12 @@ class ConfigError(UserError):
 
 
 class TrialFailure(Exception):
-    """A trial stage failed in a way the study records as FAIL with this reason."""
+    """A trial stage failed in a way the study records as FAIL with this reason. `kind` says what failed
+    where it matters to a caller (the measurement's "load" and "input" are the model file's fault)."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def redact_url(url: str) -> str:

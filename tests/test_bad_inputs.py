@@ -161,6 +161,8 @@ CASES = [
     Case("run-missing-study", [a for a in RUN if a not in ("--study", "bad")],
          "the following arguments are required: --study"),
     Case("unknown-command", ["bogus"], "argument COMMAND: invalid choice: 'bogus'"),
+    Case("measure-a-text-file", ["measure", "{d}/not_a_db.txt", "--device", "device_profiles/local-1core.yaml"],
+         "measuring not_a_db.txt: loading the model failed"),
     # ---- `hwsearch run` configuration: refused before the task is loaded or anything trained
     Case("run-space-missing", [*RUN, "--space", "{d}/absent.yaml"], "absent.yaml: file not found"),
     Case("run-device-is-a-space", [*RUN, "--device", "spaces/default.yaml"], "distillation: unknown key"),

@@ -64,8 +64,8 @@ def measure_command(args: argparse.Namespace) -> int:
         with Console(stderr=True).status(status):
             result = get_backend(profile).measure(model, reference)
     except TrialFailure as e:
-        print(f"hwsearch measure: {e}", file=sys.stderr)
-        return 1
+        print(f"hwsearch measure: error: {e}", file=sys.stderr)
+        return 2 if e.kind in ("load", "input") else 1  # a file ONNX Runtime cannot load is bad input
     if args.format == "json":
         print(json.dumps(result.to_dict(), indent=2, sort_keys=True))
     else:

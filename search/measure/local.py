@@ -89,7 +89,7 @@ class LocalBackend:
             with exclusive():
                 raw = runner.measure(str(path), str(ref) if ref else None, **settings)
         except runner.RoundError as e:
-            raise TrialFailure(f"measuring {path.name}: {e}") from None
+            raise TrialFailure(f"measuring {path.name}: {e}", kind=e.kind) from None
         record = Measurement.from_dict(raw)
         baseline = self.baselines.get(file_digest(ref), record) if ref else None
         return record.finalize(baseline=baseline, memory_budget_mb=self.profile.budgets.memory_mb,
