@@ -1,7 +1,8 @@
-"""Helpers shared by bench_techniques.py, bench_samplers.py and bench_stages.py (not a benchmark itself)."""
+"""Helpers shared by the bench_*.py scripts (not a benchmark itself)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -80,13 +81,21 @@ def time_model(row: dict, model: Path, reference: Path, rounds: int, profile) ->
     except RoundError as e:
         row["error"] = f"{e.kind}: {e}"
         return
-    row.update(p50_ms=round(rec["latency"]["p50_ms"], 5), teacher_p50_ms=round(rec["reference"]["p50_ms"], 5),
+    row.update(p50_ms=round(rec["latency"]["p50_ms"], 5), p90_ms=round(rec["latency"]["p90_ms"], 5),
+               teacher_p50_ms=round(rec["reference"]["p50_ms"], 5),
                speedup=round(1.0 / rec["ratio_p50"], 3), memory_total_mb=_round(rec["memory_total_mb"], 2),
                memory_model_mb=_round(rec["memory_model_mb"], 2))
 
 
 def _round(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
+
+
+def mode_args(parser: argparse.ArgumentParser) -> None:
+    """--quick (the default) | --full, as args.mode (None when neither is given)."""
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
 
 
 def header(benchmark: str, mode: str | None) -> dict:

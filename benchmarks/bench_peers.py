@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import REPO, BenchError, cli, fmt, mode_args, shown, time_model
 
-REPO = Path(__file__).resolve().parent.parent
+from search.config import load_profile
+from search.measure.runner import describe_device
+
 PEERS = REPO / "benchmarks" / "peers"
-sys.path.insert(0, str(REPO))
-
-from search.measure.runner import describe_device  # noqa: E402
 
 CALIBRATION_IMAGES = 256
 PEER_TIMEOUT_S = 3600
@@ -44,15 +44,6 @@ MODES = {  # eval images, measurement rounds, Olive max_iter, onnx-neural-compre
     "full": {"eval_images": 10_000, "rounds": 5, "olive_max_iter": 10, "onc_max_trials": 20},
 }
 ONC_TOLERABLE_LOSS = 0.01
-
-
-class BenchError(Exception):
-    """A problem the user can fix (missing data, a bad --front): printed as one line, exit 2."""
-
-
-def shown(path: Path) -> str:
-    """A path as the user would type it from the repository root."""
-    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 def prepare(work: Path, eval_images: int) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -120,24 +111,6 @@ def score(name: str, tool: str, path: Path, x: np.ndarray, y: np.ndarray) -> dic
             "file_mb": round(path.stat().st_size / 1e6, 4)}
 
 
-def time_it(row: dict, teacher: Path, rounds: int) -> None:
-    """Our timer, same settings for every model; the teacher runs beside each candidate in every round."""
-    from search.measure.runner import RoundError, measure
-
-    try:
-        rec = measure(str(REPO / row["path"]), reference=str(teacher), rounds=rounds, threads=1)
-    except RoundError as e:
-        row.update(error=f"{e.kind}: {e}")
-        return
-    row.update(p50_ms=round(rec["latency"]["p50_ms"], 5), p90_ms=round(rec["latency"]["p90_ms"], 5),
-               teacher_p50_ms=round(rec["reference"]["p50_ms"], 5), speedup=round(1.0 / rec["ratio_p50"], 3),
-               memory_total_mb=_round(rec["memory_total_mb"], 2), memory_model_mb=_round(rec["memory_model_mb"], 2))
-
-
-def _round(v: float | None, digits: int) -> float | None:
-    return None if v is None else round(v, digits)
-
-
 def read_front(path: Path) -> list[dict]:
     """An hwsearch study's front.csv as is (numbers parsed); its numbers come from the study, not this run."""
     if not path.is_file():
@@ -157,10 +130,6 @@ def read_front(path: Path) -> list[dict]:
         return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def fmt(v: Any, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def print_table(rows: list[dict], teacher_top1: float) -> None:
     head = (f"{'model':<46} {'top-1':>7} {'change':>7} {'p50 ms':>8} {'speedup':>8} {'mem MB':>7} {'file MB':>8} "
             f"{'search s':>9}")
@@ -178,9 +147,7 @@ def print_table(rows: list[dict], teacher_top1: float) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode_args(parser)
     parser.add_argument("--front", type=Path, help="an hwsearch study's front.csv to list beside (not re-run)")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "peers", help="models and logs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
@@ -220,8 +187,9 @@ def main() -> int:
         r["acc_change_pts"] = round((r["top1"] - teacher_top1) * 100.0, 3)
         r["size_ratio"] = round(r["file_mb"] / rows[0]["file_mb"], 3)
     print(f"timing {len(rows)} models, {settings['rounds']} rounds each ...", flush=True)
+    profile = load_profile(REPO / "device_profiles" / "local-1core.yaml")  # 1 thread, batch 1, 50 + 200 runs
     for r in rows:
-        time_it(r, teacher, settings["rounds"])
+        time_model(r, REPO / r["path"], teacher, settings["rounds"], profile)
 
     result = {
         "benchmark": "peers", "mode": args.mode or "quick",
@@ -251,8 +219,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli(main)

@@ -37,7 +37,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import REPO, BenchError, cli, fmt, header, open_study, share_teachers, shown, table, write_json
+from _common import REPO, BenchError, cli, fmt, header, mode_args, open_study, share_teachers, shown, table, write_json
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 MODES = {"quick": {"task": "digits", "trials": 8, "seeds": 2, "steps": 30},
@@ -129,9 +129,7 @@ def summarise(rows: list[dict], samplers: list[str]) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode_args(parser)
     parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     parser.add_argument("--task", help="built-in task or file.py:function (quick: digits, full: fashion-mnist)")
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "default.yaml")

@@ -31,7 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import REPO, BenchError, cli, fmt, header, open_study, share_teachers, shown, table, write_json
+from _common import REPO, BenchError, cli, fmt, header, mode_args, open_study, share_teachers, shown, table, write_json
 
 STAGES = ("prune", "measure", "distill", "export", "quantize", "evaluate", "store")
 TRAINING = ("distill", "evaluate")  # what a trial is for; the rest is overhead
@@ -137,9 +137,7 @@ def hardware_first(tight, main_view, budget: float | None, same_budget: bool) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode_args(parser)
     parser.add_argument("--study", default="demo", help="a finished study (default demo)")
     parser.add_argument("--results", type=Path, default=REPO / "results")
     parser.add_argument("--tight-study", help="read this tight-budget study instead of running one")

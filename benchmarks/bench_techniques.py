@@ -28,7 +28,20 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import REPO, BenchError, cli, fmt, header, load_task, open_study, shown, table, time_model, write_json
+from _common import (
+    REPO,
+    BenchError,
+    cli,
+    fmt,
+    header,
+    load_task,
+    mode_args,
+    open_study,
+    shown,
+    table,
+    time_model,
+    write_json,
+)
 
 MODES = {"quick": {"epochs": 1.0, "max_samples": 10_000, "rounds": 3},
          "full": {"epochs": 3.0, "max_samples": None, "rounds": 5}}
@@ -110,9 +123,7 @@ def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[li
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="the default")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    mode_args(parser)
     parser.add_argument("--epochs", type=float, help="training epochs (overrides the mode)")
     parser.add_argument("--max-samples", type=int, help="training images (overrides the mode; 0 = all)")
     parser.add_argument("--rounds", type=int, help="measurement rounds per model (overrides the mode)")

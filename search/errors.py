@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Bad input from the user (a file, a flag, a task). The CLI prints it as one line, exit 2."""
@@ -48,8 +50,6 @@ _DISK_FULL_TEXT = ("no space left on device", "database or disk is full", "disk 
 def disk_full(exc: BaseException) -> str | None:
     """A one-line description when `exc` (or an exception in its cause chain) is a full disk, else None.
     Wrapped errors (an export failure caused by ENOSPC, SQLite's own error text) count too."""
-    import errno
-
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from conftest import REPO
+from conftest import REPO, terminate
 from onnx import TensorProto, helper, numpy_helper
 
 TOKEN = "load-test-token"
@@ -127,10 +126,5 @@ def test_agent_memory_threads_and_files_stay_flat_under_repeated_load(tmp_path):
         folders = list(work.glob("hwsearch-agent-*"))
         assert len(folders) == 1 and not any(folders[0].iterdir()), "uploads left on the device's disk"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
     assert proc.returncode == 0 and not list(work.glob("hwsearch-agent-*"))  # a clean stop removes its folder

@@ -18,7 +18,6 @@ import json
 import os
 import queue
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 import onnx
 import pytest
 from _measure_fixtures import hang, models, tiny
-from conftest import REPO
+from conftest import REPO, terminate
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 
@@ -370,12 +369,7 @@ def cli_agent(tmp_path: Path, *args: str):
     try:
         yield proc, lines
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
 
 
 def _banner_port(line: str) -> int:

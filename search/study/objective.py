@@ -93,7 +93,7 @@ class Objective:
         self.store = artifact_store
         self.on_stage = on_stage
         self.checkpoint = checkpoint  # called at every stage boundary: may raise KeyboardInterrupt
-        self.fatal: str | None = None  # set when no further trial can succeed here (results disk full)
+        self.disk_full: str | None = None  # set when the results disk is full: no further trial can succeed
 
     def _stage(self, trial: optuna.Trial, stage: str) -> None:
         if self.checkpoint:
@@ -117,7 +117,7 @@ class Objective:
         except Exception as e:
             full = disk_full(e)
             if full:
-                self.fatal = f"results disk full: {full}"
+                self.disk_full = full
             reason = full or (str(e) if isinstance(e, TrialFailure) else f"{type(e).__name__}: {e}")
             try:
                 trial.set_user_attr(T_FAIL_REASON, " ".join(reason.split())[:500])

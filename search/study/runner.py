@@ -168,9 +168,13 @@ _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _RESUME = "every finished trial is kept; rerun the same command to resume"
 
 
-def _check_stop(fatal: str | None, streak: FailureStreak, max_failures: int) -> None:
-    if fatal:
-        raise RunStopped(f"{fatal}; {_RESUME} after freeing space")
+def _disk_full_stop(full: str) -> RunStopped:
+    return RunStopped(f"results disk full: {full}; {_RESUME} after freeing space")
+
+
+def _check_stop(full: str | None, streak: FailureStreak, max_failures: int) -> None:
+    if full:
+        raise _disk_full_stop(full)
     if max_failures and streak.count >= max_failures:
         raise RunStopped(f"stopped after {streak.count} failed trials in a row (last {streak.last[:300]}); "
                          f"{_RESUME} once the cause is fixed (--max-failures 0 never stops)")
@@ -248,8 +252,10 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     folders = (("--results", study_dir), ("--artifacts", artifacts_dir))
     for flag, folder in folders:
         _check_folder(flag, folder)
+    opened = None
     if storage or Path(url.removeprefix("sqlite:///")).is_file():  # an existing study: same setup?
-        _check_existing(open_storage(url), study, task, space_cfg, profile)
+        opened = open_storage(url)
+        _check_existing(opened, study, task, space_cfg, profile)
 
     from search.tasks import load_task
 
@@ -268,7 +274,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
 
     # Optuna's own failure warnings carry tracebacks; the progress line reports each failure in one line.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url)
+    storage = opened or open_storage(url)
     st = optuna.create_study(study_name=study, storage=storage, directions=list(DIRECTIONS),
                              sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
                              load_if_exists=True)
@@ -301,7 +307,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     def one_trial() -> None:
         ctrl_c.check()
         st.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[bar.trial_done, streak])
-        _check_stop(objective.fatal, streak, max_failures)
+        _check_stop(objective.disk_full, streak, max_failures)
 
     stop: BaseException | None = None
     try:
@@ -337,7 +343,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     except Exception as e:  # a storage write refused on a full disk escapes optimize itself
         if (full := disk_full(e)) is None:
             raise
-        stop = RunStopped(f"results disk full: {full}; {_RESUME} after freeing space")
+        stop = _disk_full_stop(full)
     if stop is not None:
         _stop_children(children)
         raise stop
