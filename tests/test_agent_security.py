@@ -240,6 +240,20 @@ def test_allowed_domains_still_measure(server):
     assert status == 200 and payload["latency"]["runs"] == 5, payload
 
 
+def test_answer_sent_before_the_body_was_read_reaches_the_client(server):
+    """A 401 answered before a 3 MB upload was read still reaches the client: the agent drains what the client
+    sent before closing, instead of closing on unread bytes (an RST that can overtake the answer)."""
+    body = bytes(3 * 2**20)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=30) as s:
+            s.sendall((f"POST /v1/measure?{FAST} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.0 401") or data.startswith(b"HTTP/1.1 401"), data[:80]
+
+
 # ------------------------------------------------------------------------------------ slow and many clients
 def _raw_upload(srv, body: bytes, sent: int) -> socket.socket:
     """Headers and the first `sent` bytes of a measurement upload; the rest is up to the caller."""
