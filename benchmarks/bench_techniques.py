@@ -10,7 +10,9 @@ Rows, all on the Fashion-MNIST teacher and the local-1core profile:
   (d) ONNX Runtime uniform int8 PTQ of the teacher alone (static QDQ, u8 activations, per-channel s8 weights,
       the space's calibration samples);
   (+) pruning + distillation, uniform 50%, fp32: the control that separates KD's share from pruning's;
-  (e) with --study NAME: each feasible front trial's ONNX file from that study, re-scored and RE-MEASURED here.
+  (e) with --study NAME: each feasible front trial, exported with `hwsearch export --verify` (its record's
+      accuracy, latency and memory against a re-measurement: the deltas go in the JSON), then re-scored and
+      RE-MEASURED here with the other rows.
 (b), (c) and (+) get the same training budget. Every model: ONNX Runtime top-1 on all test images, then
 `search.measure.runner.measure` (fresh processes, the profile's threads/warm-up/repeats, batch 1, the fp32
 teacher interleaved in every round: speedup = 1 / same-round p50 ratio), peak memory (total, with ONNX
@@ -94,6 +96,24 @@ def train_students(task, teacher_logits, space, profile, budget: dict, seed: int
     return rows
 
 
+def verified_export(view, number: int, out: Path) -> tuple[Path, dict]:
+    """`hwsearch export --verify` for one trial: the model, and each metric's record, re-measurement and delta."""
+    from search.inspect.export import VerifyError, export_trial
+
+    try:
+        result = export_trial(view, number, out, verify=True, warn=lambda _: None)
+        model, report = result.model, result.verification
+    except VerifyError as e:
+        model, report = out / "model.onnx", e.report
+    rows = {}
+    for r in report.rows:
+        delta = None if r.recorded is None or r.measured is None else r.measured - r.recorded
+        rel = None if delta is None or not r.recorded else round(delta / r.recorded * 100.0, 3)
+        rows[r.metric] = {"recorded": r.recorded, "measured": r.measured, "delta": delta, "delta_pct": rel,
+                          "allowed": r.allowed, "ok": r.ok, **({"note": r.note} if r.note else {})}
+    return model, {"passed": report.passed, "metrics": rows}
+
+
 def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[list[dict], dict]:
     """(e): each feasible front trial of an existing study, its ONNX file fetched from the artifact store;
     and what the whole search cost (every trial's stage seconds)."""
@@ -106,19 +126,27 @@ def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[li
     rows = []
     for _, f in front.iterrows():
         rec = view.record(int(f["trial"]))
-        path = view.export(rec.number, work / f"study-{name}" / f"trial-{rec.number}")
+        print(f"export --verify: {name} trial {rec.number} ...", flush=True)
+        path, verify = verified_export(view, rec.number, work / f"study-{name}" / f"trial-{rec.number}")
         train = rec.stage_seconds.get("distill")
         rows.append({"name": f"hwsearch {name} trial {rec.number}", "technique": "hwsearch front", "path": path,
                      "trial": rec.number, "train_seconds": None if train is None else round(train, 2),
                      "budget": rec.budget, "baseline": rec.baseline, "refined_from": rec.refined_from,
                      "mean_prune": f["mean_prune"], "int8_share": f["int8_share"],
                      "macs": rec.metrics.get("macs"), "params": rec.metrics.get("params"),
-                     "study_accuracy": f["accuracy"], "study_speedup": f["speedup"]})
+                     "study_accuracy": f["accuracy"], "study_speedup": f["speedup"], "verify": verify})
     done = [r for r in view.trials if r.state == "COMPLETE"]
     cost = {"study": name, "complete_trials": len(done),
             "distill_seconds": round(sum(r.stage_seconds.get("distill", 0.0) for r in done), 1),
             "staged_seconds": round(sum(sum(r.stage_seconds.values()) for r in done), 1)}
     return rows, cost
+
+
+def _delta(m: dict | None) -> str:
+    if not m or m["measured"] is None:
+        return "-"
+    return f"{m['recorded']:.4g} -> {m['measured']:.4g} ({m['delta_pct']:+.1f}%)" if m["delta_pct"] is not None \
+        else f"{m['recorded']:.4g} -> {m['measured']:.4g}"
 
 
 def main() -> int:
@@ -207,6 +235,12 @@ def main() -> int:
     if search_cost:
         print(f"study {args.study}'s whole search: {search_cost['complete_trials']} trials, "
               f"{search_cost['distill_seconds']:.0f} s distilling, {search_cost['staged_seconds']:.0f} s in all stages")
+    checked = [r for r in rows if r.get("verify")]
+    if checked:
+        print("\nexport --verify of the front (recorded in the study -> re-measured now):")
+        table([[r["name"], "pass" if r["verify"]["passed"] else "FAIL",
+                *(_delta(r["verify"]["metrics"].get(k)) for k in ("accuracy", "latency_ms", "memory_mb"))]
+               for r in checked], ["model", "verify", "top-1", "latency ms", "memory MB"])
     for r in rows:
         if r.get("error"):
             print(f"timing failed for {r['name']}: {r['error']}")

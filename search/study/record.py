@@ -30,7 +30,7 @@ S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the st
 
 # Trial user attributes.
 T_PLAN = "plan"  # Plan.to_dict()
-T_BASELINE = "baseline"  # "teacher-fp32" | "teacher-int8" | "prune25-kd-int8" | "prune50-kd-int8"
+T_BASELINE = "baseline"  # one of BASELINES
 T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer budget
 T_BUDGET = "budget"  # "explore" | "refine"
 T_TRAINED = "trained"  # False when hardware-first skipping skipped distillation
@@ -51,7 +51,7 @@ T_PLAN_ARTIFACT = "plan_artifact_id"
 # Constraint names of the accuracy floor; the other names in T_CONSTRAINTS are the profile's budgets.
 C_MIN_ACCURACY, C_MAX_DROP = "min_accuracy", "max_accuracy_drop"
 ACCURACY_CONSTRAINTS = (C_MIN_ACCURACY, C_MAX_DROP)
-BASELINES: tuple[str, ...] = ("teacher-fp32", "teacher-int8", "prune25-kd-int8", "prune50-kd-int8")
+BASELINES: tuple[str, ...] = ("teacher-fp32", "teacher-int8", "prune50-kd-fp32", "prune50-kd-int8")
 
 
 @dataclass(frozen=True)
