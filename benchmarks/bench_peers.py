@@ -1,15 +1,17 @@
 """Peers benchmark: the models Microsoft Olive and onnx-neural-compressor pick for the Fashion-MNIST teacher,
-next to the fp32 teacher and hwsearch's uniform int8 PTQ, all measured by hwsearch's own timer in one run.
+next to the fp32 teacher, hwsearch's uniform int8 PTQ and (with --study) an hwsearch study's front, all
+scored and timed by hwsearch's own timer in one run: one table and one plot.
 
 Each peer runs its own search in its own virtual environment (benchmarks/peers/run_*.py; their pins
 conflict with ours) on the same fp32 ONNX export and the same calibration images (256 training images).
 Every model it returns is then scored here, in this process, exactly as a study scores a trial: ONNX
 Runtime top-1 on the evaluation images, then `search.measure.runner.measure` (fresh processes, batch 1,
 one thread, p50 latency and the same-round ratio to the fp32 teacher, peak memory) and file size. The
-peers' own reported metrics and search times are kept beside ours. Writes benchmarks/results/peers.json.
+peers' own reported metrics and search times are kept beside ours. Writes benchmarks/results/peers.json and
+the plot (top-1 vs speedup): results/peers/peers.html, and benchmarks/results/peers.png when Chromium is there.
 
     nice -n 19 bash benchmarks/peers/setup.sh           # once: the two peer environments (~3 GB)
-    .venv/bin/python benchmarks/bench_peers.py [--quick | --full] [--front results/<study>/front.csv]
+    .venv/bin/python benchmarks/bench_peers.py [--quick | --full] [--study NAME [--results results]]
 
 --quick (the default): 2,000 evaluation images, 3 rounds, Olive max_iter 4, onnx-neural-compressor 5 trials.
 --full: all 10,000 test images, 5 rounds, Olive max_iter 10, onnx-neural-compressor 20 trials.
@@ -18,7 +20,6 @@ peers' own reported metrics and search times are kept beside ours. Writes benchm
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -27,10 +28,9 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from _common import REPO, BenchError, cli, fmt, mode_args, shown, time_model
+from _common import REPO, BenchError, cli, fmt, mode_args, open_study, shown, time_model
 
 from search.config import load_profile
 from search.measure.runner import describe_device
@@ -111,23 +111,48 @@ def score(name: str, tool: str, path: Path, x: np.ndarray, y: np.ndarray) -> dic
             "file_mb": round(path.stat().st_size / 1e6, 4)}
 
 
-def read_front(path: Path) -> list[dict]:
-    """An hwsearch study's front.csv as is (numbers parsed); its numbers come from the study, not this run."""
-    if not path.is_file():
-        raise BenchError(f"--front {path}: no such file")
+def front_models(name: str, results: Path, work: Path) -> list[tuple[str, Path, dict]]:
+    """Each feasible front trial of hwsearch study `name`, exported from its artifact store: (row name, model,
+    what the study recorded). Scored and timed here like every other row, not taken from the study."""
+    view = open_study(name, results)
+    if view.task_spec != "fashion-mnist":
+        raise BenchError(f"--study {name}: its task is {view.task_spec!r}; the peers run on fashion-mnist")
+    if view.front.empty:
+        raise BenchError(f"--study {name}: no feasible front trial (is the study finished?)")
+    out = []
+    for _, f in view.front.iterrows():
+        n = int(f["trial"])
+        model = view.export(n, work / f"study-{name}" / f"trial-{n}")
+        recorded = {"trial": n, "study_accuracy": f["accuracy"], "study_speedup": f["speedup"],
+                    "mean_prune": f["mean_prune"], "int8_share": f["int8_share"]}
+        out.append((f"hwsearch {name} trial {n}", model, recorded))
+    return out
 
-    def value(v: str) -> Any:
-        if v in ("True", "False"):
-            return v == "True"
-        for kind in (int, float):
-            try:
-                return kind(v)
-            except ValueError:
-                pass
-        return v
 
-    with path.open(newline="") as fh:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+def write_plot(rows: list[dict], html: Path, png: Path) -> Path | None:
+    """Top-1 vs speedup, one colour per tool: an HTML page (plotly, self-contained) and, when Chromium is
+    installed, a PNG screenshot of it. Returns the PNG's path when one was written."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        mine = [r for r in rows if r["tool"] == tool and not r.get("error")]
+        fig.add_trace(go.Scatter(x=[r["speedup"] for r in mine], y=[r["top1"] * 100 for r in mine], mode="markers",
+                                 name=tool, text=[r["name"] for r in mine], marker={"size": 11},
+                                 hovertemplate="%{text}<br>%{x:.2f}x, %{y:.2f}%<extra></extra>"))
+    fig.update_layout(title="Fashion-MNIST teacher on local-1core: top-1 vs speedup (same-round p50 ratio)",
+                      xaxis_title="speedup over the fp32 teacher (x)", yaxis_title="top-1 (%)", width=900, height=520,
+                      template="plotly_white", legend={"orientation": "h", "y": -0.2})
+    html.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(html, include_plotlyjs=True, full_html=True)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return None
+    png.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={png}", "--window-size=920,540", html.resolve().as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    return png if png.exists() else None
 
 
 def print_table(rows: list[dict], teacher_top1: float) -> None:
@@ -148,14 +173,15 @@ def print_table(rows: list[dict], teacher_top1: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode_args(parser)
-    parser.add_argument("--front", type=Path, help="an hwsearch study's front.csv to list beside (not re-run)")
+    parser.add_argument("--study", help="also score and time this hwsearch study's feasible front")
+    parser.add_argument("--results", type=Path, default=REPO / "results", help="where --study lives")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "peers", help="models and logs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
     args = parser.parse_args()
     settings = MODES[args.mode or "quick"]
-    front = read_front(args.front) if args.front else None
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    front = front_models(args.study, args.results, work) if args.study else []
     load_before = os.getloadavg()
 
     teacher, data, calib, x, y, teacher_info = prepare(work, settings["eval_images"])
@@ -182,6 +208,8 @@ def main() -> int:
                          "peer_config": m.get("config"), "peer_metrics": m.get("peer_metrics"),
                          "peer_meets_goal": m.get("meets_tolerance")})
         res.pop("models", None)
+    for name, model, recorded in front:
+        rows.append({**score(name, "hwsearch front", model, x, y), "search_seconds": None, "study": recorded})
     teacher_top1 = rows[0]["top1"]
     for r in rows:
         r["acc_change_pts"] = round((r["top1"] - teacher_top1) * 100.0, 3)
@@ -202,19 +230,14 @@ def main() -> int:
         "teacher": {"top1": teacher_top1, "params": teacher_info.get("params"), "macs": teacher_info.get("macs")},
         "models": rows, "peers": peers,
     }
-    if front is not None:
-        result["front"] = {"source": str(args.front), "note": "numbers from the study itself, not re-measured here",
-                           "rows": front}
+    result["study"] = args.study
+    png = write_plot(rows, work / "peers.html", args.out.with_suffix(".png"))
+    result["plot"] = shown(png) if png else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print_table(rows, teacher_top1)
-    if front:
-        print(f"\nhwsearch front ({args.front}, from the study, not re-measured here):")
-        for f in front:
-            print(f"  trial {f.get('trial')!s:>4}: top-1 {fmt(f.get('accuracy'), '.4f')}, "
-                  f"latency {fmt(f.get('latency_ms'), '.4f')} ms, speedup {fmt(f.get('speedup'), '.2f')}x")
-    print(f"wrote {shown(args.out)}")
+    print(f"wrote {shown(args.out)}, plot {shown(work / 'peers.html')}" + (f" and {shown(png)}" if png else ""))
     return 0
 
 

@@ -3,7 +3,7 @@
 For each sampler (tpe, nsga2, gp, random) and seed 0..S-1 this runs a fresh hwsearch study of N trials
 (same task, space and profile; each its own folder under --scratch, default results/bench-samplers), seed by
 seed with the samplers interleaved so machine drift hits them alike. The first 4 trials of every study are
-the same enqueued baselines (teacher fp32/int8, uniform 25%/50% pruning + KD + int8), so the samplers differ
+the same enqueued baselines (teacher fp32/int8, uniform 50% pruning + KD in fp32 and int8), so the samplers differ
 only in the N - 4 trials they choose.
 
 Hypervolume (search.inspect.front.hypervolume: the share, 0..1, of the box between the ideal point and the

@@ -13,7 +13,8 @@ Rows, all on the Fashion-MNIST teacher and the local-1core profile:
   (e) with --study NAME: each feasible front trial, exported with `hwsearch export --verify` (its record's
       accuracy, latency and memory against a re-measurement: the deltas go in the JSON), then re-scored and
       RE-MEASURED here with the other rows.
-(b), (c) and (+) get the same training budget. Every model: ONNX Runtime top-1 on all test images, then
+(b), (c) and (+) get the same training budget; --ratio R sets their uniform ratio (default 0.5).
+Every model: ONNX Runtime top-1 on all test images, then
 `search.measure.runner.measure` (fresh processes, the profile's threads/warm-up/repeats, batch 1, the fp32
 teacher interleaved in every round: speedup = 1 / same-round p50 ratio), peak memory (total, with ONNX
 Runtime's ~10 MB fixed overhead), file size, training seconds. Writes benchmarks/results/techniques.json.
@@ -48,7 +49,7 @@ from _common import (
 MODES = {"quick": {"epochs": 1.0, "max_samples": 10_000, "rounds": 3},
          "full": {"epochs": 3.0, "max_samples": None, "rounds": 5}}
 KD = {"temperature": 4.0, "alpha": 0.5}  # search/study/sampling.py baseline_params
-RATIO = 0.5
+RATIO = 0.5  # the default uniform pruning ratio of (b), (c) and (+)
 
 
 def reinitialise(model, seed: int) -> None:
@@ -62,20 +63,21 @@ def reinitialise(model, seed: int) -> None:
 
 
 def train_students(task, teacher_logits, space, profile, budget: dict, seed: int, threads: int | None,
-                   work: Path) -> list[dict]:
-    """(b), (c) and (+): uniform 50% structure, trained with the same budget; returns rows with ONNX paths."""
+                   work: Path, ratio: float) -> list[dict]:
+    """(b), (c) and (+): one uniform structure, trained with the same budget; returns rows with ONNX paths."""
     import torch
 
     from search.compress import distill, export_onnx, prune, prune_groups
 
     example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))  # as the study
     groups = prune_groups(task.teacher, example, never_prune=space.pruning.never_prune)
-    ratios = dict.fromkeys(groups, RATIO)
+    ratios = dict.fromkeys(groups, ratio)
+    pct = f"{ratio:.0%}"
     d = space.distillation
     variants = [  # name, technique, re-initialise, temperature, alpha
-        ("KD only: 50%-width student from scratch", "distillation", True, KD["temperature"], KD["alpha"]),
-        ("pruning only: uniform 50%, CE fine-tune", "pruning", False, 1.0, 1.0),
-        ("pruning + KD: uniform 50%, fp32", "pruning+distillation", False, KD["temperature"], KD["alpha"]),
+        (f"KD only: {pct}-pruned width, from scratch", "distillation", True, KD["temperature"], KD["alpha"]),
+        (f"pruning only: uniform {pct}, CE fine-tune", "pruning", False, 1.0, 1.0),
+        (f"pruning + KD: uniform {pct}, fp32", "pruning+distillation", False, KD["temperature"], KD["alpha"]),
     ]
     rows = []
     for i, (name, technique, fresh, temperature, alpha) in enumerate(variants):
@@ -91,7 +93,7 @@ def train_students(task, teacher_logits, space, profile, budget: dict, seed: int
         path = export_onnx(student.cpu(), task.input_shape, work / f"student-{i}.onnx")
         rows.append({"name": name, "technique": technique, "path": path, "train_seconds": round(res.seconds, 2),
                      "train_steps": res.steps, "final_loss": round(res.final_loss, 4), "temperature": temperature,
-                     "alpha": alpha, "reinitialised": fresh, "prune_ratio": RATIO, "macs": pr.macs_after,
+                     "alpha": alpha, "reinitialised": fresh, "prune_ratio": ratio, "macs": pr.macs_after,
                      "params": pr.params_after, "skipped_layers": pr.skipped})
     return rows
 
@@ -163,6 +165,7 @@ def main() -> int:
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "default.yaml",
                         help="lr, batch size, importance, calibration samples come from it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ratio", type=float, default=RATIO, help="uniform pruning ratio of the trained rows")
     parser.add_argument("--torch-threads", type=int, help="torch threads for training (default: torch's)")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "bench-techniques", help="models")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "techniques.json")
@@ -173,6 +176,8 @@ def main() -> int:
             settings[key] = getattr(args, key) or None
     if not settings["rounds"] or settings["rounds"] < 1 or not settings["epochs"] or settings["epochs"] <= 0:
         raise BenchError("--rounds must be at least 1 and --epochs above 0")
+    if not 0.0 < args.ratio < 1.0:
+        raise BenchError(f"--ratio must be above 0 and below 1, got {args.ratio}")
 
     import torch
 
@@ -195,7 +200,7 @@ def main() -> int:
     info = task.teacher_info or {}
     rows = [{"name": "fp32 teacher", "technique": "none", "path": teacher, "train_seconds": None,
              "macs": info.get("macs"), "params": info.get("params")}]
-    rows += train_students(task, logits, space, profile, settings, args.seed, args.torch_threads, work)
+    rows += train_students(task, logits, space, profile, settings, args.seed, args.torch_threads, work, args.ratio)
     start = time.perf_counter()
     calib = calibration_sample(task.train, space.quantization.calibration.samples, args.seed)
     ptq = quantize(teacher, work / "teacher_int8.onnx", dict.fromkeys(quantizable_layers(teacher), 8), calib,
@@ -219,7 +224,8 @@ def main() -> int:
         r["path"] = shown(r["path"])
 
     result.update(task=args.task, profile=profile.name, space=shown(args.space), study=args.study,
-                  settings={**settings, "prune_ratio": RATIO, "kd": KD, "channel_multiple": profile.channel_multiple,
+                  settings={**settings, "prune_ratio": args.ratio, "kd": KD,
+                            "channel_multiple": profile.channel_multiple,
                             "lr": space.distillation.lr, "batch_size": space.distillation.batch_size,
                             "eval_images": len(y), "seed": args.seed, "torch_threads": torch.get_num_threads()},
                   teacher={"top1": rows[0]["top1"], **{k: info.get(k) for k in ("params", "macs")}}, models=rows,
