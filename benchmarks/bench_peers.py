@@ -134,17 +134,20 @@ def write_plot(rows: list[dict], html: Path, png: Path) -> Path | None:
     installed, a PNG screenshot of it. Returns the PNG's path when one was written."""
     import plotly.graph_objects as go
 
+    def legend(r: dict) -> str:  # our two reference rows apart from the front
+        return r["name"] if r["tool"] == "hwsearch" else r["tool"]
+
     fig = go.Figure()
-    for tool in dict.fromkeys(r["tool"] for r in rows):
-        mine = [r for r in rows if r["tool"] == tool and not r.get("error")]
+    for group in dict.fromkeys(legend(r) for r in rows):
+        mine = [r for r in rows if legend(r) == group and not r.get("error")]
         fig.add_trace(go.Scatter(x=[r["speedup"] for r in mine], y=[r["top1"] * 100 for r in mine], mode="markers",
-                                 name=tool, text=[r["name"] for r in mine], marker={"size": 11},
+                                 name=group, text=[r["name"] for r in mine], marker={"size": 11},
                                  hovertemplate="%{text}<br>%{x:.2f}x, %{y:.2f}%<extra></extra>"))
     fig.update_layout(title="Fashion-MNIST teacher on local-1core: top-1 vs speedup (same-round p50 ratio)",
                       xaxis_title="speedup over the fp32 teacher (x)", yaxis_title="top-1 (%)", width=900, height=520,
                       template="plotly_white", legend={"orientation": "h", "y": -0.2})
     html.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(html, include_plotlyjs=True, full_html=True)
+    fig.write_html(html, include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         return None
@@ -177,7 +180,15 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where --study lives")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "peers", help="models and logs")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from --out's rows")
     args = parser.parse_args()
+    if args.replot:
+        if not args.out.is_file():
+            raise BenchError(f"--replot: {shown(args.out)} does not exist (run the benchmark first)")
+        rows = json.loads(args.out.read_text())["models"]
+        png = write_plot(rows, args.work / "peers.html", args.out.with_suffix(".png"))
+        print(f"wrote {shown(args.work / 'peers.html')}" + (f" and {shown(png)}" if png else ""))
+        return 0
     settings = MODES[args.mode or "quick"]
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
