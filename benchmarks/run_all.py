@@ -14,6 +14,7 @@ QUICK = [
     ["bench_samplers.py", "--quick"],
     ["bench_stages.py", "--quick", "--study", "demo"],
     ["bench_peers.py", "--quick"],
+    ["bench_widths.py", "--quick"],
 ]
 # A benchmark that reads what another command made is skipped, with the reason, when that is missing.
 NEEDS = {"bench_stages.py": (HERE.parent / "results" / "demo" / "study.db", "run `make demo` first")}

@@ -432,17 +432,18 @@ def make_server(host: str, port: int, token: str, max_upload_mb: float = 64, que
 def serve(host: str, port: int, token: str, max_upload_mb: float = 64, queue_size: int = 2,
           read_timeout_s: float = 30) -> None:
     """Serve until interrupted."""
-    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True)
-    bound = server.server_address[1]
-    print(f"hwsearch agent {AGENT_VERSION} on http://{host}:{bound} ({runner.describe_device()['summary']})",
-          file=sys.stderr)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}, reachable from other machines over plain HTTP; anyone with "
-              "the token can run models here (prefer 127.0.0.1 and an SSH tunnel, or a firewall)",
-              file=sys.stderr)
+    # Before the banner: a service manager (or a test) may send SIGTERM the moment it reads it.
     if threading.current_thread() is threading.main_thread():  # a service stop also removes the work folder
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True)
     try:
+        bound = server.server_address[1]
+        print(f"hwsearch agent {AGENT_VERSION} on http://{host}:{bound} ({runner.describe_device()['summary']})",
+              file=sys.stderr)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}, reachable from other machines over plain HTTP; anyone with "
+                  "the token can run models here (prefer 127.0.0.1 and an SSH tunnel, or a firewall)",
+                  file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
     finally:
