@@ -107,3 +107,25 @@ def test_sigkilled_worker_loses_nothing_and_the_rerun_completes(tmp_path, digits
     assert retried and retried[0].state == COMPLETE  # ...and retried with the same parameters
     assert retried[0].params == after[killed[0]].params
     assert sum(t.state == COMPLETE for t in after.values()) >= 6
+
+
+_OPEN_AT = """
+import sys, time
+from search.study.storage import open_storage
+url, at = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, at - time.time()))
+open_storage(url)
+"""
+
+
+def test_workers_opening_a_new_database_at_the_same_moment_all_get_it(tmp_path):
+    """Workers started together on a database that does not exist yet race to create Optuna's tables; the
+    losers see "table ... already exists" and must open the schema the winner made, not exit."""
+    for attempt in range(3):  # three fresh databases: the race is lost at least once without the retry
+        url = f"sqlite:///{tmp_path / f'race-{attempt}.db'}"
+        at = time.time() + 6  # after every interpreter has imported optuna
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(at)], cwd=REPO, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(6)]
+        errors = [err for p in procs if (err := p.communicate(timeout=120)[1]) and p.returncode != 0]
+        assert not errors, errors[0][-600:]
+        assert open_storage(url).get_all_studies() == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,8 @@ HEARTBEAT_S = 10  # a worker proves it is alive this often...
 # ...and is declared dead (trial FAIL, then retried) after this long without a beat.
 GRACE_S = int(os.environ.get("HWSEARCH_GRACE_S", "40"))
 MAX_RETRY = 2
+SCHEMA_RETRIES = 5  # see open_storage
+SCHEMA_RACE = ("already exists", "UNIQUE constraint failed", "duplicate key value")  # SQLite's and PostgreSQL's
 
 
 def default_url(study_dir: Path) -> str:
@@ -40,17 +44,23 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; we ship psycopg2.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=min(HEARTBEAT_S, max(1, GRACE_S // 3)),
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )
-    except Exception as e:  # unreachable server, bad credentials, missing driver
-        reason = str(e).splitlines()[0]
-        raise UserError(f"--storage {redact_url(url)}: cannot open the study storage: {reason}") from None
+    for attempt in itertools.count():
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=min(HEARTBEAT_S, max(1, GRACE_S // 3)),
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+        except Exception as e:  # unreachable server, bad credentials, missing driver
+            reason = str(e).splitlines()[0]
+            # Two processes opening a NEW database at once (workers starting together, or a reader) both create
+            # Optuna's tables and its version row; the loser fails with one of SCHEMA_RACE, the schema is there now.
+            if any(m in reason for m in SCHEMA_RACE) and attempt < SCHEMA_RETRIES:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise UserError(f"--storage {redact_url(url)}: cannot open the study storage: {reason}") from None
 
 
 def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
