@@ -47,6 +47,17 @@ def load_task(name: str, results: Path, data_dir: Path | None = None):
         raise BenchError(f"cannot load the {name} task: {one_line(e)}") from None
 
 
+def study_front(name: str, results: Path, task: str):
+    """A finished study of `task` and its feasible front (a DataFrame, one row per trial), or a BenchError."""
+    view = open_study(name, results)
+    if view.task_spec != task:
+        raise BenchError(f"--study {name}: its task is {view.task_spec!r}, this benchmark runs {task!r}")
+    front = view.front
+    if front.empty:
+        raise BenchError(f"--study {name}: no feasible front trial (is the study finished?)")
+    return view, front
+
+
 def open_study(name: str, results: Path):
     """search.inspect.load_study with its UserError (no such study / folder) turned into a BenchError."""
     from search.errors import UserError

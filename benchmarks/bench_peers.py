@@ -30,7 +30,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, BenchError, cli, fmt, mode_args, open_study, shown, time_model
+from _common import REPO, BenchError, cli, fmt, mode_args, shown, study_front, time_model
 
 from search.config import load_profile
 from search.measure.runner import describe_device
@@ -114,13 +114,9 @@ def score(name: str, tool: str, path: Path, x: np.ndarray, y: np.ndarray) -> dic
 def front_models(name: str, results: Path, work: Path) -> list[tuple[str, Path, dict]]:
     """Each feasible front trial of hwsearch study `name`, exported from its artifact store: (row name, model,
     what the study recorded). Scored and timed here like every other row, not taken from the study."""
-    view = open_study(name, results)
-    if view.task_spec != "fashion-mnist":
-        raise BenchError(f"--study {name}: its task is {view.task_spec!r}; the peers run on fashion-mnist")
-    if view.front.empty:
-        raise BenchError(f"--study {name}: no feasible front trial (is the study finished?)")
+    view, front = study_front(name, results, "fashion-mnist")
     out = []
-    for _, f in view.front.iterrows():
+    for _, f in front.iterrows():
         n = int(f["trial"])
         model = view.export(n, work / f"study-{name}" / f"trial-{n}")
         recorded = {"trial": n, "study_accuracy": f["accuracy"], "study_speedup": f["speedup"],

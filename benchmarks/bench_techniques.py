@@ -39,8 +39,8 @@ from _common import (
     header,
     load_task,
     mode_args,
-    open_study,
     shown,
+    study_front,
     table,
     time_model,
     write_json,
@@ -65,11 +65,10 @@ def reinitialise(model, seed: int) -> None:
 def train_students(task, teacher_logits, space, profile, budget: dict, seed: int, threads: int | None,
                    work: Path, ratio: float) -> list[dict]:
     """(b), (c) and (+): one uniform structure, trained with the same budget; returns rows with ONNX paths."""
-    import torch
-
     from search.compress import distill, export_onnx, prune, prune_groups
+    from search.study.setup import example_input
 
-    example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))  # as the study
+    example = example_input(task)
     groups = prune_groups(task.teacher, example, never_prune=space.pruning.never_prune)
     ratios = dict.fromkeys(groups, ratio)
     pct = f"{ratio:.0%}"
@@ -119,12 +118,7 @@ def verified_export(view, number: int, out: Path) -> tuple[Path, dict]:
 def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[list[dict], dict]:
     """(e): each feasible front trial of an existing study, its ONNX file fetched from the artifact store;
     and what the whole search cost (every trial's stage seconds)."""
-    view = open_study(name, results)
-    if view.task_spec != task_name:
-        raise BenchError(f"--study {name}: its task is {view.task_spec!r}, this benchmark runs {task_name!r}")
-    front = view.front
-    if front.empty:
-        raise BenchError(f"--study {name}: no feasible front trial (is the study finished?)")
+    view, front = study_front(name, results, task_name)
     rows = []
     for _, f in front.iterrows():
         rec = view.record(int(f["trial"]))

@@ -37,17 +37,16 @@ def main() -> int:
         raise BenchError("--ratios and --single must lie above 0 and below 1")
     rounds = ROUNDS[args.mode or "quick"]
 
-    import torch
-
     from search.compress import export_onnx, prune, prune_groups
     from search.config import load_profile
+    from search.study.setup import example_input
 
     profile = load_profile(args.device)
     task = load_task(args.task, args.results)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     result = header("bench_widths.py", args.mode or "quick")
-    example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))  # as the study
+    example = example_input(task)
     units = list(prune_groups(task.teacher, example, never_prune=()))
     teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
     cases = [(f"uniform {r:.0%}", dict.fromkeys(units, r)) for r in args.ratios]

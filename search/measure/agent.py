@@ -190,7 +190,7 @@ class AgentServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # The listen backlog (socketserver's default is 5): a burst of clients beyond it overflowed the kernel's accept
-    # queue and some got a connection reset instead of the agent's 503 (seen 1 in ~20 floods of 13 clients).
+    # queue and some got a connection reset instead of the agent's 503 (seen in 1 of ~15 floods of 13 clients).
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, token: str, max_upload_mb: float, queue_size: int,

@@ -31,13 +31,17 @@ from search.tasks import Task
 REFERENCE_NAME = "reference.onnx"
 
 
-def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
+def example_input(task: Task):
+    """The fixed batch-1 input that traces the teacher's dependency graph for pruning (same in every study)."""
     import torch
 
+    return torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
     from search.compress import layer_blocks, prune_groups, quantizable_layers
 
-    example = torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
-    groups = prune_groups(task.teacher, example, never_prune=space.pruning.never_prune)
+    groups = prune_groups(task.teacher, example_input(task), never_prune=space.pruning.never_prune)
     blocks = layer_blocks(task.teacher, list(groups))
     quantizable = quantizable_layers(reference_onnx)
     return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable,
