@@ -18,14 +18,17 @@ from search.compress.prune import (
 )
 from search.compress.qdq_graph import node_precisions
 from search.compress.quantize import QuantizeResult, quantize, to_fp16
+from search.compress.runs import LayerRun, compare, runs_as
 
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
     "DistillResult",
+    "LayerRun",
     "PruneResult",
     "QuantizeResult",
     "check_export",
+    "compare",
     "distill",
     "evaluate",
     "expected_channels",
@@ -40,6 +43,7 @@ __all__ = [
     "prune_groups",
     "quantizable_layers",
     "quantize",
+    "runs_as",
     "teacher_logits",
     "to_fp16",
     "weighted_nodes",
