@@ -8,8 +8,21 @@ needs `Authorization: Bearer TOKEN`):
                       memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>;
                       answers the Measurement record as JSON (candidate and reference interleaved in the
                       same fresh-process rounds, as locally). 409 when the reference is unknown (re-upload).
-Errors: 400 bad model/params, 401 token, 408 stalled or too slow upload, 411/413 no/too large Content-Length,
-422 hung or crashed while measured, 503 queue full (retry later). Install and use: docs/agent.md.
+Errors: 400 bad model/params, Content-Length not ASCII digits, or a request that may run longer than
+--max-request-seconds ((rounds + 1) x timeout_s: every round and the one-off ONNX Runtime overhead probe are
+each stopped at timeout_s); 401 token; 408 request headers not complete within --header-timeout-s, or a stalled
+or too slow upload; 411/413 no/too large Content-Length; 422 hung or crashed while measured; 503 queue full.
+
+Connections: at most --max-connections are served at once, each by its own thread. When all are taken the agent
+stops accepting (new clients wait in the kernel's listen queue, first come first served) and cuts the oldest
+connection that has spent a second without completing its headers, so sockets that send half a header and stall
+cannot hold the agent: a valid request waits about a second per --max-connections stalled sockets queued ahead
+of it, and a stalled connection never lives past the header deadline anyway. Install and use: docs/agent.md.
+
+The model check below is a small hand-written protobuf reader rather than `onnx.load` + `onnx.checker`: the agent
+must run on a device that has only onnxruntime and numpy (the `onnx` package pulls in protobuf and is often not
+built for small boards), and it must refuse external-data paths and foreign op domains before ONNX Runtime (or
+anything else) opens the bytes. That reader is most of this module's length.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ import argparse
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import math
 import mmap
@@ -52,6 +66,11 @@ MAX_REFERENCES = 4
 # one second per MIN_UPLOAD_RATE bytes: a client trickling a byte now and then cannot hold a queue slot forever.
 MIN_UPLOAD_RATE = 64 * 2**10
 LINGER_S, LINGER_BYTES = 1.0, 4 * 2**20  # what a closing connection may still drain (see shutdown_request)
+# When every connection is taken, one that has not sent its whole header block after EVICT_AFTER_S (or half the
+# header deadline, if shorter) is cut to make room: a real client sends its headers in one packet, at once.
+EVICT_AFTER_S = 1.0
+DEFAULTS = {"max_upload_mb": 64.0, "queue_size": 2, "read_timeout_s": 30.0, "header_timeout_s": 5.0,
+            "max_connections": 64, "max_request_s": 600.0}
 
 
 # ------------------------------------------------------------------- model check (no onnx package needed)
@@ -149,8 +168,12 @@ def _host_cap_mb() -> float:
         return 4096.0
 
 
-def parse_params(query: str) -> dict:
-    """Validate and bound the measurement parameters of a query string (ValueError with a clear reason)."""
+def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -> dict:
+    """Validate and bound the measurement parameters of a query string (ValueError with a clear reason).
+
+    A request's work is bounded by (rounds + 1) x timeout_s: each round runs in a process stopped at timeout_s,
+    and so does the ONNX Runtime overhead probe before the first round. That bound may not exceed the agent's
+    own `max_request_s`, so one client cannot hold the device (and everyone queued behind it) for hours."""
     bounds = {"warmup": (int, 0, 100_000, 50), "repeats": (int, 1, 1_000_000, 200), "rounds": (int, 1, 20, 1),
               "batch": (int, 1, 4096, 1), "threads": (int, 1, os.cpu_count() or 1, 1),
               "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
@@ -182,19 +205,64 @@ def parse_params(query: str) -> dict:
     if ref is not None and not re.fullmatch(r"[0-9a-f]{64}", ref):
         raise ValueError("reference must be a sha256 (hex) returned by POST /v1/reference")
     out["reference"] = ref
+    worst = (out["rounds"] + 1) * out["timeout_s"]
+    if worst > max_request_s:
+        most = max(0, math.floor(max_request_s / out["timeout_s"]) - 1)
+        raise ValueError(f"this request may run (rounds {out['rounds']} + 1 overhead probe) x timeout_s "
+                         f"{out['timeout_s']:g} = {worst:g} s; this agent allows at most {max_request_s:g} s per "
+                         f"request (--max-request-seconds): use (rounds + 1) x timeout_s <= {max_request_s:g}"
+                         + (f", e.g. rounds <= {most} at this timeout_s" if most else ", a smaller timeout_s"))
     return out
 
 
 # ----------------------------------------------------------------------------------------------- server
+class _Reader(io.RawIOBase):
+    """The request's socket, read against a deadline for the whole phase (header block, then body) as well as
+    a per-read stall timeout: a client trickling a byte now and then cannot stretch either phase."""
+
+    def __init__(self, sock: socket.socket, stall_s: float, deadline: float) -> None:
+        super().__init__()
+        self.sock, self.stall_s, self.deadline = sock, stall_s, deadline
+        self.expired = ""  # why the last read raised TimeoutError: cut | deadline | stall
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - io's signature (a writable buffer)
+        try:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(min(self.stall_s, left))
+            n = self.sock.recv_into(b)
+            if self.deadline == -math.inf:  # cut while waiting (see AgentServer.get_request)
+                raise TimeoutError("connection cut")
+            return n
+        except TimeoutError:
+            left = self.deadline - time.monotonic()
+            self.expired = "cut" if self.deadline == -math.inf else "deadline" if left <= 0.01 else "stall"
+            raise
+
+    def cut(self) -> None:
+        """End the read in progress now (from another thread): the waiting recv returns, readinto raises."""
+        self.deadline = -math.inf
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
+
+
 class AgentServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # The listen backlog (socketserver's default is 5): a burst of clients beyond it overflowed the kernel's accept
     # queue and some got a connection reset instead of the agent's 503 (seen in 1 of ~15 floods of 13 clients).
+    # It is also where new clients wait, first come first served, while all --max-connections are taken.
     request_queue_size = 128
 
     def __init__(self, host: str, port: int, token: str, max_upload_mb: float, queue_size: int,
-                 read_timeout_s: float, verbose: bool = False) -> None:
+                 read_timeout_s: float, verbose: bool = False, *,
+                 header_timeout_s: float = DEFAULTS["header_timeout_s"],
+                 max_connections: int = DEFAULTS["max_connections"],
+                 max_request_s: float = DEFAULTS["max_request_s"]) -> None:
         if not token or not token.strip():
             raise UserError("the agent refuses to start without a token (pass a non-empty token file)")
         if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
@@ -202,16 +270,32 @@ class AgentServer(ThreadingHTTPServer):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 0:
             raise UserError(f"--queue-size must be a whole number >= 0, got {queue_size}")
         if not (math.isfinite(read_timeout_s) and read_timeout_s > 0):
-            raise UserError(f"the read timeout must be a number of seconds > 0, got {read_timeout_s}")
+            raise UserError(f"--read-timeout-s must be a number of seconds > 0, got {read_timeout_s}")
+        if not (math.isfinite(header_timeout_s) and header_timeout_s > 0):
+            raise UserError(f"--header-timeout-s must be a number of seconds > 0, got {header_timeout_s}")
+        if not (math.isfinite(max_request_s) and max_request_s > 0):
+            raise UserError(f"--max-request-seconds must be a number of seconds > 0, got {max_request_s}")
+        # The running request and the waiting ones each hold a connection; one more answers /v1/info or a 503.
+        if (isinstance(max_connections, bool) or not isinstance(max_connections, int)
+                or max_connections < queue_size + 2):
+            raise UserError(f"--max-connections must be a whole number >= --queue-size + 2 = {queue_size + 2}, "
+                            f"got {max_connections}")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _Handler)
         self.token = token.strip().encode()
         self.max_upload, self.max_upload_mb = int(max_upload_mb * 2**20), max_upload_mb
         self.queue_size, self.read_timeout_s, self.verbose = queue_size, read_timeout_s, verbose
+        self.header_timeout_s, self.max_request_s = header_timeout_s, max_request_s
+        self.max_connections = max_connections
+        self.evict_after_s = min(EVICT_AFTER_S, header_timeout_s / 2)
+        self.connections = threading.BoundedSemaphore(max_connections)  # one per connection thread
         self.slots = threading.BoundedSemaphore(1 + queue_size)  # the running request + the waiting ones
         self.lock = threading.Lock()  # one measurement at a time: two at once would time each other
         self.state_lock = threading.Lock()
         self.pending, self.busy = 0, False  # requests holding a slot; whether one is being measured
+        self.in_headers: dict[_Reader, float] = {}  # connections still reading their headers -> since when
+        self.quick_close: set[socket.socket] = set()  # cut connections: closed without lingering
+        self.stopping = threading.Event()
         self.workdir = Path(tempfile.mkdtemp(prefix="hwsearch-agent-"))
         self.references: OrderedDict[str, Path] = OrderedDict()
 
@@ -220,6 +304,8 @@ class AgentServer(ThreadingHTTPServer):
             queue = {"busy": self.busy, "waiting": self.pending - int(self.busy), "size": self.queue_size}
         return {**runner.describe_device(), "agent_version": AGENT_VERSION, "queue": queue,
                 "runner_version": runner.RUNNER_VERSION, "max_upload_mb": self.max_upload_mb,
+                "max_request_s": self.max_request_s, "max_connections": self.max_connections,
+                "header_timeout_s": self.header_timeout_s, "read_timeout_s": self.read_timeout_s,
                 "domains": sorted(ALLOWED_DOMAINS)}
 
     def store_reference(self, data: bytes | memoryview) -> str:
@@ -234,7 +320,72 @@ class AgentServer(ThreadingHTTPServer):
             self.references.move_to_end(digest)
         return digest
 
+    # ---- connection cap: accept only while a connection thread is free -----------------------------------------
+    def get_request(self) -> tuple[socket.socket, object]:
+        """Accept the next connection once fewer than max_connections are open. While all are taken nothing is
+        accepted (clients wait in the listen queue, no thread is started) and the oldest connection that is
+        still reading its headers after evict_after_s is cut; all others end at the header deadline."""
+        while not self.connections.acquire(blocking=False):
+            if self.connections.acquire(timeout=self._cut_stalled()):
+                break
+            if self.stopping.is_set():  # shutdown() while all were taken: serve_forever gives up this accept
+                raise OSError("the agent is stopping")
+        try:
+            return super().get_request()
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def _cut_stalled(self) -> float:
+        """Cut the oldest connection stalled in its headers, if one is old enough; return how long to wait for a
+        free connection before looking again."""
+        with self.state_lock:
+            now = time.monotonic()
+            oldest = min(self.in_headers.items(), key=lambda kv: kv[1], default=None)
+            if oldest is None:  # every connection is past its headers (uploads, answers): wait for one to end
+                return 0.25
+            reader, since = oldest
+            if now - since < self.evict_after_s:
+                return max(0.01, min(0.25, since + self.evict_after_s - now))
+            del self.in_headers[reader]
+            reader.cut()
+            return 0.5  # its thread answers 408 and ends right away
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
+
+    def handle_error(self, request: socket.socket, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], OSError):  # the client went away mid-answer: nothing to report
+            if self.verbose:
+                print(f"connection from {client_address} ended: {sys.exc_info()[1]}", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        super().shutdown()
+
     def shutdown_request(self, request: socket.socket) -> None:
+        if request in self.quick_close:  # cut in its headers: drain what is already there (an RST could overtake
+            self.quick_close.discard(request)  # the 408), but do not wait for a client that stalls
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_WR)
+                request.setblocking(False)
+                drained = 0
+                while drained < LINGER_BYTES and (chunk := request.recv(2**16)):
+                    drained += len(chunk)
+            self.close_request(request)
+            return
         # Lingering close: a request answered before its body was read (503, 401, 413, ...) leaves bytes in the
         # receive buffer, and closing on them sends an RST that can reach the client before the answer. So stop
         # writing, drain what the client already sent (bounded in bytes and time), then close.
@@ -258,13 +409,71 @@ class AgentServer(ThreadingHTTPServer):
 Answer = tuple[int, dict]  # (HTTP status, JSON payload) for _Handler._send
 
 
+def content_length(values: list[str]) -> tuple[int | None, str | None]:
+    """(length, None) or (None, why) for the Content-Length header values of a request: exactly one, made of
+    ASCII digits only (str.isdigit() also accepts '²', which int() refuses) and not absurdly long (int() refuses
+    more than 4300 digits): a length beyond 15 digits counts as too large, like any above the upload limit."""
+    if len(values) != 1:
+        return None, "one Content-Length header required"
+    value = values[0].strip(" \t")
+    if not value or not value.isascii() or not value.isdigit():
+        return None, "Content-Length must be ASCII digits"
+    digits = value.lstrip("0") or "0"
+    return (int(digits) if len(digits) <= 15 else 10**15), None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: AgentServer
     server_version = f"hwsearch-agent/{AGENT_VERSION}"
 
     def setup(self) -> None:
-        self.timeout = self.server.read_timeout_s  # socket timeout on every read of the request
+        self.timeout = self.server.read_timeout_s  # socket timeout on every read (and write) of the request
         super().setup()
+        # Until the header block is in, every read also counts against the header deadline.
+        self.requestline, self.request_version, self.command = "", "HTTP/1.0", None  # for a 408 sent early
+        self.accepted = time.monotonic()
+        self.reader = _Reader(self.connection, self.server.read_timeout_s, self.accepted + self.server.header_timeout_s)
+        self.rfile.close()
+        self.rfile = io.BufferedReader(self.reader)
+        with self.server.state_lock:
+            self.server.in_headers[self.reader] = self.accepted
+
+    def _headers_done(self) -> bool:
+        """Leave the header phase; False when this connection was already cut (it must not go on)."""
+        with self.server.state_lock:
+            if self.server.in_headers.pop(self.reader, None) is None:
+                return False
+        self.reader.deadline = math.inf
+        self.connection.settimeout(self.server.read_timeout_s)  # the last read may have left it shorter
+        return True
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the header block
+        return self._headers_done() and ok
+
+    def handle_one_request(self) -> None:
+        super().handle_one_request()  # answers nothing when the request line or headers timed out
+        with self.server.state_lock:
+            in_headers = self.server.in_headers.pop(self.reader, None) is not None
+        srv, age = self.server, time.monotonic() - self.accepted
+        if self.reader.deadline == -math.inf:
+            why = (f"request headers not complete after {age:.1f} s while all --max-connections "
+                   f"{srv.max_connections} were taken; cut to make room")
+        elif in_headers and self.reader.expired == "stall":
+            why = f"request headers stalled for {srv.read_timeout_s:g} s (--read-timeout-s); dropped"
+        elif in_headers and self.reader.expired:
+            why = f"request headers not complete within {srv.header_timeout_s:g} s (--header-timeout-s); dropped"
+        else:
+            return
+        srv.quick_close.add(self.request)
+        with contextlib.suppress(OSError):
+            self.connection.settimeout(1.0)  # a few hundred bytes into an empty send buffer
+            self._send(408, {"error": why})
+
+    def finish(self) -> None:
+        with self.server.state_lock:
+            self.server.in_headers.pop(self.reader, None)
+        super().finish()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         if self.server.verbose:
@@ -299,16 +508,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": "not found"})
         if not self._authorized():
             return
-        length = self.headers.get("Content-Length")
-        if length is None:  # checked before reading anything: no unbounded or chunked uploads
+        values = self.headers.get_all("Content-Length") or []
+        if not values:  # checked before reading anything: no unbounded or chunked uploads
             return self._send(411, {"error": "Content-Length required"})
-        if not length.isdigit():
-            return self._send(400, {"error": "invalid Content-Length"})
-        if int(length) > self.server.max_upload:
-            return self._send(413, {"error": f"model is {int(length) / 2**20:.1f} MB; this agent accepts at "
+        length, why = content_length(values)
+        if length is None:
+            return self._send(400, {"error": why})
+        if length > self.server.max_upload:
+            return self._send(413, {"error": f"model is {length / 2**20:.1f} MB; this agent accepts at "
                                              f"most {self.server.max_upload_mb:g} MB (--max-upload-mb)"})
         try:
-            params = parse_params(url.query) if url.path == "/v1/measure" else {}
+            params = parse_params(url.query, self.server.max_request_s) if url.path == "/v1/measure" else {}
         except ValueError as e:
             return self._send(400, {"error": str(e)})
         if not self.server.slots.acquire(blocking=False):
@@ -316,7 +526,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.state_lock:
             self.server.pending += 1
         try:
-            answer = self._post(url.path, int(length), params)
+            answer = self._post(url.path, length, params)
         finally:  # the slot is free before the client reads its answer, so it may send the next at once
             with self.server.state_lock:
                 self.server.pending -= 1
@@ -327,19 +537,16 @@ class _Handler(BaseHTTPRequestHandler):
         """Fill `into` from the request body against a per-read timeout (a stall) and an overall deadline (a
         trickle): TimeoutError. Returns the bytes read, fewer when the client closed early."""
         timeout = self.server.read_timeout_s
-        deadline = time.monotonic() + timeout + len(into) / MIN_UPLOAD_RATE
+        self.reader.deadline = time.monotonic() + timeout + len(into) / MIN_UPLOAD_RATE
         got = 0
         try:
             while got < len(into):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(min(timeout, left))
                 n = self.rfile.readinto1(into[got:got + 2**20])
                 if not n:
                     break
                 got += n
         finally:
+            self.reader.deadline = math.inf
             self.connection.settimeout(timeout)  # for writing the answer
         return got
 
@@ -420,22 +627,31 @@ def read_token(path: str | Path) -> str:
     return token
 
 
-def make_server(host: str, port: int, token: str, max_upload_mb: float = 64, queue_size: int = 2,
-                read_timeout_s: float = 30, verbose: bool = False) -> AgentServer:
+def make_server(host: str, port: int, token: str, max_upload_mb: float = DEFAULTS["max_upload_mb"],
+                queue_size: int = DEFAULTS["queue_size"], read_timeout_s: float = DEFAULTS["read_timeout_s"],
+                verbose: bool = False, *, header_timeout_s: float = DEFAULTS["header_timeout_s"],
+                max_connections: int = DEFAULTS["max_connections"],
+                max_request_s: float = DEFAULTS["max_request_s"]) -> AgentServer:
     """Bind the agent (port 0 picks a free one) without serving yet; tests run serve_forever in a thread."""
     try:
-        return AgentServer(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose)
+        return AgentServer(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose,
+                           header_timeout_s=header_timeout_s, max_connections=max_connections,
+                           max_request_s=max_request_s)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def serve(host: str, port: int, token: str, max_upload_mb: float = 64, queue_size: int = 2,
-          read_timeout_s: float = 30) -> None:
+def serve(host: str, port: int, token: str, max_upload_mb: float = DEFAULTS["max_upload_mb"],
+          queue_size: int = DEFAULTS["queue_size"], read_timeout_s: float = DEFAULTS["read_timeout_s"], *,
+          header_timeout_s: float = DEFAULTS["header_timeout_s"], max_connections: int = DEFAULTS["max_connections"],
+          max_request_s: float = DEFAULTS["max_request_s"]) -> None:
     """Serve until interrupted."""
     # Before the banner: a service manager (or a test) may send SIGTERM the moment it reads it.
     if threading.current_thread() is threading.main_thread():  # a service stop also removes the work folder
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True)
+    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True,
+                         header_timeout_s=header_timeout_s, max_connections=max_connections,
+                         max_request_s=max_request_s)
     try:
         bound = server.server_address[1]
         print(f"hwsearch agent {AGENT_VERSION} on http://{host}:{bound} ({runner.describe_device()['summary']})",
@@ -455,11 +671,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--token-file", required=True, help="file holding the bearer token")
-    parser.add_argument("--max-upload-mb", type=float, default=64)
-    parser.add_argument("--queue-size", type=int, default=2, help="requests that may wait for the running")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULTS["max_upload_mb"])
+    parser.add_argument("--queue-size", type=int, default=DEFAULTS["queue_size"],
+                        help="requests that may wait for the running one; more get 503 (default: %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULTS["max_connections"],
+                        help="connections served at once, one thread each; more wait to be accepted "
+                             "(default: %(default)s)")
+    parser.add_argument("--header-timeout-s", type=float, default=DEFAULTS["header_timeout_s"],
+                        help="seconds a client has to send its whole header block (default: %(default)s)")
+    parser.add_argument("--read-timeout-s", type=float, default=DEFAULTS["read_timeout_s"],
+                        help="seconds an upload may stall (default: %(default)s)")
+    parser.add_argument("--max-request-seconds", type=float, default=DEFAULTS["max_request_s"],
+                        help="most seconds one measurement may run, as (rounds + 1) x timeout_s "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        serve(args.host, args.port, read_token(args.token_file), args.max_upload_mb, args.queue_size)
+        serve(args.host, args.port, read_token(args.token_file), args.max_upload_mb, args.queue_size,
+              args.read_timeout_s, header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
+              max_request_s=args.max_request_seconds)
     except UserError as e:
         print(f"agent: error: {e}", file=sys.stderr)
         return 2
