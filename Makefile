@@ -27,8 +27,10 @@ data:
 		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set HWSEARCH_DATA to a folder with the four IDX files"; exit 1; \
 	fi
 
-# Servers and browsers the tests start for real: PostgreSQL (multi-worker storage), Chromium (report check).
-test-deps:
+# Servers and browsers the tests start for real: PostgreSQL (multi-worker storage), Chromium (report and
+# dashboard checks), and the optional optuna-dashboard (pinned: the version its browser test was written for).
+test-deps: setup
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock optuna-dashboard==0.21.0 bottle==0.13.4
 	@need=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \

@@ -1,4 +1,4 @@
-"""Foundation subcommands: `validate` and `tasks`."""
+"""Foundation subcommands: `validate`, `tasks` and `dashboard` (defined with the inspection stage)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tasks", help="list the built-in tasks and their teachers")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder holding teachers/")
     p.set_defaults(func=cmd_tasks)
+
+    from search.inspect.dashboard import register as register_dashboard  # parser only: no optuna import
+
+    register_dashboard(sub)
 
 
 def file_kind(path: str | Path) -> str:

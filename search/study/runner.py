@@ -278,6 +278,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
     st = optuna.create_study(study_name=study, storage=storage, directions=list(DIRECTIONS),
                              sampler=make_sampler(sampler, None if seed is None else seed + worker_id, trials),
                              load_if_exists=True)
+    TrialProgress.name_objectives(st)  # st.set_metric_names(OBJECTIVES): named axes in optuna-dashboard
     check_same_setup(st, task, space_cfg, profile)
     threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                   // workers)
