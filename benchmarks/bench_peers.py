@@ -120,7 +120,7 @@ def front_models(name: str, results: Path, work: Path) -> list[tuple[str, Path, 
         n = int(f["trial"])
         model = view.export(n, work / f"study-{name}" / f"trial-{n}")
         recorded = {"trial": n, "study_accuracy": f["accuracy"], "study_speedup": f["speedup"],
-                    "mean_prune": f["mean_prune"], "int8_share": f["int8_share"]}
+                    "mean_prune": f["mean_prune"], "quant_share": f["quant_share"]}
         out.append((f"hwsearch {name} trial {n}", model, recorded))
     return out
 

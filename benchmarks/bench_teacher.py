@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from search.measure.accuracy import onnx_accuracy  # noqa: E402
-from search.study.context import dataset_arrays  # noqa: E402
 from search.tasks import load_task  # noqa: E402
+from search.tasks.arrays import dataset_arrays  # noqa: E402
 from search.tasks.teacher import evaluate  # noqa: E402
 
 TARGETS = {"digits": 0.95, "fashion-mnist": 0.90}

@@ -128,7 +128,7 @@ def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[li
         rows.append({"name": f"hwsearch {name} trial {rec.number}", "technique": "hwsearch front", "path": path,
                      "trial": rec.number, "train_seconds": None if train is None else round(train, 2),
                      "budget": rec.budget, "baseline": rec.baseline, "refined_from": rec.refined_from,
-                     "mean_prune": f["mean_prune"], "int8_share": f["int8_share"],
+                     "mean_prune": f["mean_prune"], "quant_share": f["quant_share"],
                      "macs": rec.metrics.get("macs"), "params": rec.metrics.get("params"),
                      "study_accuracy": f["accuracy"], "study_speedup": f["speedup"], "verify": verify})
     done = [r for r in view.trials if r.state == "COMPLETE"]
@@ -178,7 +178,8 @@ def main() -> int:
     from search.compress import export_onnx, quantizable_layers, quantize
     from search.config import load_profile, load_space
     from search.measure.accuracy import onnx_accuracy
-    from search.study.context import cached_teacher_logits, calibration_sample, dataset_arrays
+    from search.study.context import cached_teacher_logits
+    from search.tasks.arrays import calibration_sample, dataset_arrays
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -18,9 +18,9 @@ from onnx import helper, numpy_helper
 from search.inspect import VerifyError, load_study
 from search.inspect.export import MANIFEST_FORMAT
 from search.measure.accuracy import onnx_accuracy
-from search.study.context import dataset_arrays
 from search.study.record import S_PROFILE_DIGEST, T_FAIL_REASON
 from search.tasks import load_task
+from search.tasks.arrays import dataset_arrays
 
 pytestmark = pytest.mark.slow  # a real search.run study (about a minute, shared by the three files)
 
@@ -62,6 +62,15 @@ def test_export_verify_passes_and_the_file_is_the_scored_one(real_study, view, t
     assert manifest["class_names"] == [str(i) for i in range(10)]
     assert set(manifest["versions"]) >= {"hwsearch", "torch", "onnxruntime", "onnx", "optuna"}
     assert manifest["verification"]["passed"] is True
+    # val and test re-scored exactly; the exported bytes are the scored bytes
+    rows = {row["metric"]: row for row in manifest["verification"]["rows"]}
+    assert rows["val_accuracy"]["ok"] and rows["sha256"]["ok"] and rows["test_accuracy"]["ok"]
+    assert manifest["scored_sha256"] == manifest["model"]["sha256"] == rec.onnx_sha256
+    test_acc = onnx_accuracy(model, *dataset_arrays(task.test))
+    assert rows["test_accuracy"]["measured"] == test_acc
+    assert manifest["accuracy"]["held_out"] is True and manifest["accuracy"]["val"] == rec.values[0]
+    assert rec.test is not None  # a front point: scored once at the end of the run
+    assert rows["test_accuracy"]["recorded"] == rec.test["accuracy"] == test_acc
 
 
 def test_verify_fails_on_a_swapped_model(real_study, view, tmp_path):
@@ -76,8 +85,10 @@ def test_verify_fails_on_a_swapped_model(real_study, view, tmp_path):
     r = run_cli("export", *cli_args(study), "--trial", str(target.number), "--out", str(out), "--verify")
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "verification FAILED" in r.stderr
-    row = next(line for line in r.stderr.splitlines() if line.startswith("accuracy"))
+    row = next(line for line in r.stderr.splitlines() if line.startswith("val_accuracy"))
     assert "DIFFERS" in row and f"{target.values[0]:.6g}" in row and f"{other.values[0]:.6g}" in row
+    # the bytes are not the scored ones, whatever the accuracy says
+    assert "DIFFERS" in next(line for line in r.stderr.splitlines() if line.startswith("sha256"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["verification"]["passed"] is False
 

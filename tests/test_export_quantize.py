@@ -19,7 +19,6 @@ from search.compress import (
     node_precisions,
     quantizable_layers,
     quantize,
-    to_fp16,
     weighted_nodes,
 )
 from search.errors import TrialFailure
@@ -194,17 +193,6 @@ def test_skips_layers_without_weights_and_other_calibration_methods(tmp_path):
         quantize(path, tmp_path / "bad.onnx", {"stem.conv": 2}, cal)
 
 
-def test_fp16_whole_model(tmp_path):
-    model, path = arch_export("mobilenet")
-    out = to_fp16(path, tmp_path / "fp16.onnx")
-    x = digits()["val_x"][:8]
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(ort_logits(out, x), ref, atol=5e-2, rtol=5e-2)
-    assert os.path.getsize(out) < 0.7 * os.path.getsize(path)
-
-
-@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
 def test_a_layer_ort_cannot_quantize_is_a_short_trial_failure(teacher_onnx, tmp_path, bad):
     # ONNX Runtime's quantizer cannot compute a scale for a non-finite activation range (its own
     # "scale issue" assertion): the trial fails with a reason instead of crashing the study.

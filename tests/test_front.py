@@ -29,6 +29,8 @@ from search.study.record import (
     T_FEASIBLE,
     T_METRICS,
     T_PLAN,
+    T_PRECISION,
+    T_PRUNED,
     TrialRecord,
 )
 
@@ -75,8 +77,12 @@ def test_derived_columns(real_study):
         assert row.speedup == pytest.approx(teacher["latency_ms"] / t.values[1])
         assert row.model_mb == t.user_attrs[T_METRICS]["model_mb"]
         assert row.size_ratio == pytest.approx(row.model_mb / teacher["model_mb"])
-        assert (row.mean_prune, row.int8_share, row.temperature) == (
-            summary["mean_prune"], summary["int8_share"], summary["temperature"])
+        # labels are what runs: the channels removed, the layers ONNX Runtime runs with integer kernels
+        pruned, precision = t.user_attrs[T_PRUNED], t.user_attrs[T_PRECISION]
+        assert row.mean_prune == pytest.approx(sum(e["applied"] for e in pruned.values()) / len(pruned))
+        assert row.quant_share == pytest.approx(
+            sum(e["runs_as"] in ("int8", "int4") for e in precision.values()) / len(precision))
+        assert row.temperature == summary["temperature"]
     assert set(view.all_trials.baseline) >= {"teacher-fp32", "teacher-int8"}
 
 

@@ -77,7 +77,7 @@ def test_trial_records_stages_artifacts_and_measurements(study_run):
     complete = st.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) >= 6
     from search.measure.accuracy import onnx_accuracy
-    from search.study.context import dataset_arrays
+    from search.tasks.arrays import dataset_arrays
 
     t = next(t for t in complete if t.user_attrs[T_TRAINED])
     assert {"prune", "export", "quantize", "measure", "distill", "evaluate"} <= set(t.user_attrs[T_STAGE_SECONDS])

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import RESULTS, run_cli
@@ -13,13 +14,14 @@ from conftest import RESULTS, run_cli
 from search.errors import UserError
 from search.tasks import Task, load_task
 from search.tasks.builtin import BUILTIN_TASKS
+from search.tasks.data import load_digits_split, stratified_split
 from search.tasks.teacher import evaluate
 
 
 def test_digits_teacher_accuracy_and_shape(digits_task: Task):
     assert digits_task.input_shape == (1, 8, 8) and digits_task.num_classes == 10
     x, y = digits_task.val.tensors
-    assert len(x) == 360
+    assert len(x) == 270 and len(digits_task.test.tensors[0]) == 359 and len(digits_task.train) == 1168
     acc = evaluate(digits_task.teacher, x, y)
     assert acc >= 0.95, acc
     assert digits_task.teacher_info["val_accuracy"] == pytest.approx(acc)
@@ -125,9 +127,43 @@ def test_fashion_idx_reader_on_real_files():
     if not (FASHION_DEFAULT_DIR / "t10k-labels-idx1-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (make test installs it as root)")
     d = load_fashion_mnist()
-    assert d["train_x"].shape == (60000, 1, 28, 28) and d["val_x"].shape == (10000, 1, 28, 28)
+    assert d["train_x"].shape == (55000, 1, 28, 28) and d["val_x"].shape == (5000, 1, 28, 28)
+    assert d["test_x"].shape == (10000, 1, 28, 28)
     assert d["train_x"].min() >= 0.0 and d["train_x"].max() <= 1.0
-    assert sorted(set(d["val_y"].tolist())) == list(range(10))
+    assert np.bincount(d["val_y"]).tolist() == [500] * 10  # stratified: 500 of each class
+    # val is carved from the training files: the two together are exactly those 60,000 images, once each
+    from search.tasks.data import _FASHION_FILES, _find, _read_idx, fashion_data_dir
+
+    full = _read_idx(_find(fashion_data_dir(), _FASHION_FILES["train_x"])).reshape(60000, -1)
+    test = _read_idx(_find(fashion_data_dir(), _FASHION_FILES["test_x"])).reshape(10000, -1)
+    assert np.array_equal((d["test_x"] * 255).round().astype(np.uint8).reshape(10000, -1), test)
+    kept, val = stratified_split(_read_idx(_find(fashion_data_dir(), _FASHION_FILES["train_y"])), 5000)
+    assert not set(kept) & set(val) and len(set(kept) | set(val)) == 60000
+    assert np.array_equal((d["val_x"] * 255).round().astype(np.uint8).reshape(5000, -1), full[val])
+    assert np.array_equal((d["train_x"] * 255).round().astype(np.uint8).reshape(55000, -1), full[kept])
+
+
+def test_digits_splits_are_disjoint_and_stratified():
+    from sklearn.datasets import load_digits
+
+    d = load_digits_split()
+    images = load_digits().images.reshape(len(load_digits().images), -1)
+    # which original image each split holds (digits has a few duplicate images: match by index sets)
+    index = {}
+    for i, row in enumerate((images / 16.0).astype(np.float32)):
+        index.setdefault(row.tobytes(), []).append(i)
+    sets = {}
+    for split in ("train", "val", "test"):
+        rows = d[f"{split}_x"].reshape(len(d[f"{split}_x"]), -1)
+        sets[split] = [index[r.tobytes()] for r in rows]
+    flat = {split: {i for ids in v for i in ids} for split, v in sets.items()}
+    dup_free = {s: {ids[0] for ids in v if len(ids) == 1} for s, v in sets.items()}
+    assert not dup_free["train"] & dup_free["val"] and not dup_free["train"] & dup_free["test"]
+    assert not dup_free["val"] & dup_free["test"]
+    assert len(flat["train"] | flat["val"] | flat["test"]) == 1797
+    assert sum(len(d[f"{s}_y"]) for s in ("train", "val", "test")) == 1797
+    for s in ("val", "test"):  # every class in every split
+        assert sorted(set(d[f"{s}_y"].tolist())) == list(range(10))
 
 
 def test_tasks_command_lists_builtins(digits_task: Task):

@@ -17,7 +17,7 @@ from search.compress.prune import (
     prune_groups,
 )
 from search.compress.qdq_graph import node_precisions
-from search.compress.quantize import QuantizeResult, quantize, to_fp16
+from search.compress.quantize import QuantizeResult, quantize
 from search.compress.runs import LayerRun, compare, runs_as
 
 __all__ = [
@@ -45,6 +45,5 @@ __all__ = [
     "quantize",
     "runs_as",
     "teacher_logits",
-    "to_fp16",
     "weighted_nodes",
 ]

@@ -40,6 +40,22 @@ class PruneResult:
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it kept its width
     coupled: dict[str, str] = field(default_factory=dict)  # layer -> layer whose ratio set its width
     heads: dict[str, int] = field(default_factory=dict)  # attention module -> num_heads after
+    channels_before: dict[str, int] = field(default_factory=dict)  # out channels before, every Conv/Linear
+
+    def applied(self, ratios: Mapping[str, float]) -> dict[str, dict]:
+        """What was asked and what was removed, per layer named in `ratios`: {layer: {requested, applied,
+        channels: [before, after], reason}}. `applied` is the share of output channels actually removed;
+        `reason` is set whenever a requested ratio removed nothing or less than asked."""
+        out = {}
+        for layer, r in ratios.items():
+            before, after = self.channels_before.get(layer), self.channels.get(layer)
+            applied = 1.0 - after / before if before and after is not None else 0.0
+            entry = {"requested": float(r), "applied": round(applied, 6), "channels": [before, after]}
+            why = self.skipped.get(layer) or (f"coupled with {self.coupled[layer]}" if layer in self.coupled else None)
+            if why and r > 0:
+                entry["reason"] = why
+            out[layer] = entry
+        return out
 
 
 def expected_channels(channels: int, ratio: float, multiple: int = 1) -> int:
@@ -235,13 +251,14 @@ def prune(
     scorer = _importance(importance)  # a bad name is the caller's error, not a skipped layer
     student = copy.deepcopy(model).eval()
     macs_before, params_before = _count(student, example_input)
+    before = {n: _width(m) for n, m in student.named_modules() if isinstance(m, WEIGHT_TYPES)}
     try:
         g = _Graph(student, example_input)
     except Exception as exc:  # the whole model defeats torch-pruning's tracer: prune nothing
         reason = f"torch-pruning cannot trace the model: {type(exc).__name__}: {exc}"[:300]
         skipped = {n: reason for n, r in ratios.items() if r > 0}
-        channels = {n: _width(m) for n, m in student.named_modules() if isinstance(m, WEIGHT_TYPES)}
-        return PruneResult(student, macs_before, macs_before, params_before, params_before, channels, skipped)
+        return PruneResult(student, macs_before, macs_before, params_before, params_before, dict(before), skipped,
+                           channels_before=before)
     ok, why = _classify(g, never_prune)
     attention = g.attention_groups()
     head_of = {q: a for a, (_, qkv) in attention.items() for q in qkv}
@@ -332,9 +349,12 @@ def prune(
         n = g.names[m]
         if n not in skipped and channels.get(n) != target:
             skipped[n] = f"torch-pruning left {channels.get(n)} output channels (planned {target})"
+    for n, r in ratios.items():  # a requested ratio that removed nothing always carries a reason
+        if r > 0 and n not in skipped and n not in coupled and channels.get(n) == before.get(n):
+            skipped[n] = "torch-pruning removed no output channel"
     heads = {a: int(mods[a].num_heads) for a in attention}
     return PruneResult(student, macs_before, macs_after, params_before, params_after, channels,
-                       skipped, coupled, heads)
+                       skipped, coupled, heads, channels_before=before)
 
 
 def _width(m: nn.Module) -> int:

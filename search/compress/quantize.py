@@ -285,21 +285,3 @@ def _check_runs(path: Path, sample: np.ndarray) -> None:
         raise TrialFailure(f"quantized model does not run in ONNX Runtime: {short_reason(exc)}") from exc
     if not np.all(np.isfinite(out)):
         raise TrialFailure("quantized model produces non-finite outputs")
-
-
-def to_fp16(path: str | os.PathLike, out: str | os.PathLike, keep_io_types: bool = True) -> Path:
-    """Whole-model float16 (for devices that run fp16); inputs/outputs stay float32 by default."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    out = Path(out)
-    with _quiet():
-        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=keep_io_types)
-    onnx.save_model(model, str(out))
-    _check_runs(out, np.zeros((1, *_input_shape(model)), dtype=np.float32))
-    return out
-
-
-def _input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
-    dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
-    return tuple(int(d.dim_value) or 1 for d in dims)
-

@@ -86,7 +86,8 @@ def _loc(loc: tuple) -> str:
 def format_validation_error(path: str | Path, err: ValidationError, model: type[BaseModel]) -> str:
     """One line: file, field, what is wrong and what is allowed (first error only)."""
     e = err.errors(include_url=False)[0]
-    field = _loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+    # Validator wrappers ("function-...") and union tags ("<...>") are not fields a user wrote.
+    field = _loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "<")))))
     kind = e["type"]
     given = e.get("input")
     if kind == "extra_forbidden":

@@ -5,13 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from search.config.loader import load_model
 
-Precision = Literal["fp32", "fp16", "int16", "int8", "int4"]
+Precision = Literal["fp32", "int16", "int8", "int4"]
+# The op types a per-layer bit-width applies to (a layer's Conv/Gemm/MatMul nodes in the ONNX graph).
+OpType = Literal["Conv", "Gemm", "MatMul"]
+OP_TYPES: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+
+# One list for every op type, or a list per op type. A tagged union, so that an error names the field as
+# written ("precisions.Conv[1]") instead of listing both alternatives (the "<...>" tags are dropped).
+Precisions = Annotated[
+    Annotated[tuple[Precision, ...], Field(min_length=1), Tag("<list>")]
+    | Annotated[dict[OpType, Annotated[tuple[Precision, ...], Field(min_length=1)]], Field(min_length=1),
+                Tag("<per op type>")],
+    Discriminator(lambda v: "<per op type>" if isinstance(v, dict) else "<list>"),
+]
 
 # Plan bit-widths and the profile precision each one needs.
 BITS_TO_PRECISION: dict[int, str] = {32: "fp32", 16: "int16", 8: "int8", 4: "int4"}
@@ -61,22 +73,37 @@ class DeviceProfile(_Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
     runtime: Runtime = Runtime()
-    precisions: tuple[Precision, ...] = Field(("fp32", "int8"), min_length=1)
+    # What the device runs as real kernels: one list for every op type, or a list per op type (an op type
+    # left out runs fp32 only). The search proposes for each layer only what its op types run.
+    precisions: Precisions = Field(("fp32", "int8"))
     channel_multiple: int = Field(8, ge=1, le=1024)
     budgets: Budgets = Budgets()
     measure: Measure = Measure()
 
-    @model_validator(mode="after")
-    def _fp32_present(self) -> DeviceProfile:
-        if "fp32" not in self.precisions:
-            raise ValueError("precisions must include fp32 (the teacher and unquantized layers run in it)")
-        if len(set(self.precisions)) != len(self.precisions):
-            raise ValueError("precisions lists a value twice")
-        return self
+    @field_validator("precisions")
+    @classmethod
+    def _fp32_present(cls, v: tuple | dict) -> tuple | dict:
+        for op, precisions in v.items() if isinstance(v, dict) else [("", v)]:
+            where = f" ({op})" if op else ""
+            if "fp32" not in precisions:
+                raise ValueError(f"must include fp32{where}: the teacher and unquantized layers run in it")
+            if len(set(precisions)) != len(precisions):
+                raise ValueError(f"lists a value twice{where}")
+        return v
 
-    def bits(self) -> tuple[int, ...]:
-        """The plan bit-widths this device can run (fp16 is a whole-model option, not per layer)."""
-        return tuple(b for b, p in BITS_TO_PRECISION.items() if p in self.precisions)
+    def precisions_for(self, op_type: str) -> tuple[str, ...]:
+        """What the device runs for one op type (fp32 only for an op type a per-op list leaves out)."""
+        if isinstance(self.precisions, dict):
+            return tuple(self.precisions.get(op_type, ("fp32",)))  # type: ignore[call-overload]
+        return tuple(self.precisions)
+
+    def bits(self, op_types: tuple[str, ...] | list[str] | None = None) -> tuple[int, ...]:
+        """Plan bit-widths the device runs as real kernels for every one of `op_types` (a layer's nodes);
+        without op types, those it runs for at least one op type."""
+        ops = list(op_types) if op_types else list(OP_TYPES)
+        runs = [set(self.precisions_for(op)) for op in ops]
+        ok = set.intersection(*runs) if op_types else set.union(*runs)
+        return tuple(b for b, p in BITS_TO_PRECISION.items() if p in ok)
 
     def digest(self) -> str:
         """Stable hash of everything that affects a measurement or a budget."""

@@ -87,7 +87,6 @@ class Quantization(_Strict):
     granularity: Literal["layer", "block"] = "layer"
     calibration: Calibration = Calibration()
     per_channel: bool = True
-    fp16: bool = Field(False, description="also try whole-model fp16 when the profile lists it")
 
     @model_validator(mode="after")
     def _unique(self) -> Quantization:
@@ -110,13 +109,14 @@ class SearchSpace(_Strict):
     accuracy: Accuracy = Accuracy()
 
     def bits_for(self, profile: DeviceProfile, source: str = "space") -> tuple[int, ...]:
-        """Bit choices the device can run; an error when the space asks for one it cannot."""
+        """Bit choices the device runs for at least one op type; an error when the space asks for one it
+        runs for none. Each layer is then offered the subset its own op types run (`SearchLayers`)."""
         allowed = profile.bits()
         bad = [b for b in self.quantization.bits if b not in allowed]
         if bad:
             raise ConfigError(
                 f"{source}: quantization.bits: {bad[0]} needs precision "
-                f"{BITS_TO_PRECISION[bad[0]]}, which profile '{profile.name}' cannot run "
+                f"{BITS_TO_PRECISION[bad[0]]}, which profile '{profile.name}' runs for no op type "
                 f"(allowed bits: {', '.join(map(str, allowed))})"
             )
         return self.quantization.bits

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from search.errors import UserError, redact_url
 from search.study.record import (
     S_ARTIFACTS,
+    S_HAS_TEST,
     S_PROFILE,
     S_REFERENCE_ONNX,
     S_SPACE,
     S_TASK,
     S_TEACHER,
+    S_TEST_SCORES,
     TrialRecord,
 )
 
@@ -83,7 +85,8 @@ class StudyView:
     # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
     @functools.cached_property
     def trials(self) -> list[TrialRecord]:
-        return [TrialRecord.from_trial(t) for t in self.study.get_trials(deepcopy=False)]
+        scores = self.attrs.get(S_TEST_SCORES) or {}
+        return [TrialRecord.from_trial(t, scores) for t in self.study.get_trials(deepcopy=False)]
 
     @functools.cached_property
     def all_trials(self) -> pd.DataFrame:
@@ -120,6 +123,16 @@ class StudyView:
     @property
     def teacher(self) -> dict[str, Any]:
         return dict(self.attrs.get(S_TEACHER, {}))
+
+    @property
+    def has_test(self) -> bool:
+        """False when the task has no held-out split (its accuracies are the selection set's)."""
+        return bool(self.attrs.get(S_HAS_TEST, True))
+
+    @property
+    def teacher_test(self) -> dict[str, Any]:
+        """The teacher's held-out score ({"accuracy", "n"}), once the final scoring step ran."""
+        return dict((self.attrs.get(S_TEST_SCORES) or {}).get("teacher") or {})
 
     @property
     def task_spec(self) -> str:
@@ -214,11 +227,21 @@ def load_study(name_or_url: str, *, results: str | Path = "results", study_name:
     return StudyView(name=study_name, storage_url=url, study=study, folder=results / study_name, results=results)
 
 
-def write_outputs(study: optuna.Study, study_dir: str | Path) -> None:
-    """front.csv and report.html for a study the search just ran (called by search.run). A failure
-    here must not lose the run's result: the study is stored, so it becomes a warning naming the fix."""
+def write_outputs(study: optuna.Study, study_dir: str | Path, task: Any | None = None) -> None:
+    """Test scores of the front points (when `task` is given), front.csv and report.html for a study the
+    search just ran (called by search.run). A failure here must not lose the run's result: the study is
+    stored, so it becomes a warning naming the fix."""
     folder = Path(study_dir)
     view = StudyView(name=study.study_name, study=study, folder=folder, results=folder.parent)
+    if task is not None:
+        from search.inspect.holdout import score_test
+
+        try:
+            score_test(view, task)
+        except Exception as e:
+            print(f"warning: the front was not scored on the test split ({type(e).__name__}: {e}); "
+                  f"run `hwsearch front --study {study.study_name} --score-test` to retry", file=sys.stderr)
+        view = StudyView(name=study.study_name, study=study, folder=folder, results=folder.parent)
     try:
         view.save_front()
         view.report()

@@ -191,6 +191,14 @@ def build_manifest(view: StudyView, rec: TrialRecord, model_path: Path, task: An
         "baseline": rec.baseline,
         "refined_from": rec.refined_from,
         "skipped_layers": rec.skipped_layers,
+        "pruned": rec.pruned,  # per layer: requested and applied ratio, channels before/after, reason
+        "precision": rec.precision,  # per layer: requested bits and the kernel ONNX Runtime runs
+        "accuracy": {"val": (rec.values or (None,))[0], "test": rec.test,
+                     "held_out": view.has_test,
+                     "note": "val selects (objective, floor, front); test is held out, scored once per front point"
+                     if view.has_test else "the task has no test split: val is the selection set, not a "
+                     "held-out estimate"},
+        "scored_sha256": rec.onnx_sha256,
         "teacher": view.teacher,
         "measurement": rec.measurement,
         "profile": profile.model_dump(mode="json"),
@@ -200,7 +208,7 @@ def build_manifest(view: StudyView, rec: TrialRecord, model_path: Path, task: An
     }
 
 
-def _download(view: StudyView, artifact_id: str, target: Path) -> None:
+def download_artifact(view: StudyView, artifact_id: str, target: Path) -> None:
     import optuna
 
     store = optuna.artifacts.FileSystemArtifactStore(str(view.artifacts_dir))
@@ -231,8 +239,8 @@ def export_trial(view: StudyView, number: int, out_dir: str | Path, *, verify: b
         raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     model = out / MODEL_NAME
-    _download(view, rec.onnx_artifact or "", model)
-    task = load_val_task(view) if verify else None
+    download_artifact(view, rec.onnx_artifact or "", model)
+    task = load_view_task(view) if verify else None
     manifest = build_manifest(view, rec, model, task)
     manifest_path = atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     result = ExportResult(model=model, manifest=manifest_path, trial=number, warnings=tuple(notes))
@@ -247,7 +255,7 @@ def export_trial(view: StudyView, number: int, out_dir: str | Path, *, verify: b
     return replace(result, verification=report)
 
 
-def load_val_task(view: StudyView) -> Any:
+def load_view_task(view: StudyView) -> Any:
     from search.tasks import load_task
 
     return load_task(view.task_spec, results_dir=view.results, progress=False)
@@ -255,9 +263,24 @@ def load_val_task(view: StudyView) -> Any:
 
 def val_arrays(task: Any) -> tuple[Any, Any]:
     """The validation set exactly as the search evaluated it (the same conversion function)."""
-    from search.study.context import dataset_arrays
+    from search.tasks.arrays import dataset_arrays
 
     return dataset_arrays(task.val)
+
+
+def _test_rows(rec: TrialRecord, model: Path, task: Any) -> list[VerifyRow]:
+    """The held-out top-1, re-scored: equal to the recorded one when the final scoring step scored it."""
+    from search.measure.accuracy import onnx_accuracy
+    from search.tasks.arrays import dataset_arrays
+
+    if getattr(task, "test", None) is None:
+        return []
+    acc = onnx_accuracy(model, *dataset_arrays(task.test))
+    recorded = rec.test.get("accuracy") if rec.test else None
+    if recorded is None:
+        return [VerifyRow("test_accuracy", None, acc, "exactly equal", True,
+                          "no test score recorded (not a front point)")]
+    return [VerifyRow("test_accuracy", float(recorded), acc, "exactly equal", acc == float(recorded))]
 
 
 def latency_allowed(recorded: float, *stats: Any) -> float:
@@ -281,9 +304,15 @@ def verify_model(view: StudyView, rec: TrialRecord, model: Path, task: Any | Non
     from search.measure.record import LatencyStats, Measurement
 
     values = dict(zip(OBJECTIVES, rec.values or (), strict=False))
-    x, y = val_arrays(task if task is not None else load_val_task(view))
+    task = task if task is not None else load_view_task(view)
+    x, y = val_arrays(task)
     acc = onnx_accuracy(model, x, y)
-    rows = [VerifyRow("accuracy", values["accuracy"], acc, "exactly equal", acc == values["accuracy"])]
+    rows = [VerifyRow("val_accuracy", values["accuracy"], acc, "exactly equal", acc == values["accuracy"])]
+    rows += _test_rows(rec, model, task)
+    if rec.onnx_sha256:  # the exported bytes are the bytes that were scored
+        same = sha256(model) == rec.onnx_sha256
+        rows.append(VerifyRow("sha256", None, None, "identical to the scored file", same,
+                              "identical" if same else f"scored {rec.onnx_sha256[:12]}, exported {sha256(model)[:12]}"))
     if rec.metrics.get("model_mb") is not None:  # the artifact is the scored file: its size is exact
         size = model.stat().st_size / MB
         rows.append(VerifyRow("model_mb", float(rec.metrics["model_mb"]), size, "exactly equal",

@@ -16,11 +16,14 @@ from typing import Any
 import pandas as pd
 
 from search.plan import Plan
-from search.study.record import DIRECTIONS, OBJECTIVES, S_SPACE, S_TEACHER, TrialRecord
+from search.study.record import DIRECTIONS, OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord
 
+# accuracy/acc_change: the selection set (val), what every decision used. test_*: the held-out split,
+# scored once per front point at the end of a run; test_se is the standard error of the paired change.
 FRONT_COLUMNS: tuple[str, ...] = (
-    "trial", "accuracy", "acc_change", "latency_ms", "speedup", "memory_mb", "model_mb", "size_ratio",
-    "mean_prune", "int8_share", "temperature", "baseline", "refined", "feasible",
+    "trial", "accuracy", "acc_change", "test_accuracy", "test_change", "test_se", "test_verdict", "latency_ms",
+    "speedup", "memory_mb", "model_mb", "size_ratio", "mean_prune", "quant_share", "temperature", "baseline",
+    "refined", "feasible",
 )
 ALL_COLUMNS: tuple[str, ...] = (*FRONT_COLUMNS, "state", "on_front", "fail_reason")
 
@@ -41,22 +44,46 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den and math.isfinite(num) and math.isfinite(den) and num > 0 else math.nan
 
 
+def applied_prune(record: TrialRecord) -> float:
+    """Mean share of output channels actually removed over the plan's layers (the requested ratio for
+    trials recorded before applied ratios were)."""
+    if record.pruned:
+        return sum(_num(e.get("applied")) for e in record.pruned.values()) / len(record.pruned)
+    return Plan.from_dict(record.plan).summary()["mean_prune"] if record.plan else math.nan
+
+
+def quant_share(record: TrialRecord) -> float:
+    """Share of quantizable layers that ONNX Runtime runs with an integer kernel (what was asked, for
+    trials recorded before what runs was)."""
+    if record.precision:
+        return sum(e.get("runs_as") in INTEGER_KERNELS for e in record.precision.values()) / len(record.precision)
+    return Plan.from_dict(record.plan).summary()["int8_share"] if record.plan else math.nan
+
+
+INTEGER_KERNELS = ("int8", "int4")
+
+
 def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dict[str, Any]:
     values = record.values or (math.nan,) * len(OBJECTIVES)
     acc, lat, mem = (_num(v) for v in values[: len(OBJECTIVES)])
     model_mb = _num(record.metrics.get("model_mb"))
     summary = Plan.from_dict(record.plan).summary() if record.plan else {}
+    test = record.test or {}
     return {
         "trial": record.number,
         "accuracy": acc,
         "acc_change": (acc - _num(teacher.get("accuracy"))) * 100.0,  # percentage points
+        "test_accuracy": _num(test.get("accuracy")),
+        "test_change": _num(test.get("change")),
+        "test_se": _num(test.get("se")),
+        "test_verdict": test.get("verdict", ""),
         "latency_ms": lat,
         "speedup": _ratio(_num(teacher.get("latency_ms")), lat),
         "memory_mb": mem,
         "model_mb": model_mb,
         "size_ratio": _ratio(model_mb, _num(teacher.get("model_mb"))),
-        "mean_prune": summary.get("mean_prune", math.nan),
-        "int8_share": summary.get("int8_share", math.nan),
+        "mean_prune": applied_prune(record) if record.plan else math.nan,
+        "quant_share": quant_share(record) if record.plan else math.nan,
         "temperature": summary.get("temperature", math.nan),
         "baseline": record.baseline or "",
         "refined": record.refined_from is not None,
@@ -92,7 +119,8 @@ def compute_front(study: Any, *, include_all: bool = False) -> pd.DataFrame:
     failures, `fail_reason`), which is what the plots draw; the front is its `on_front` rows.
     """
     teacher = study.user_attrs.get(S_TEACHER, {})
-    records = [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]
+    scores = study.user_attrs.get(S_TEST_SCORES) or {}
+    records = [TrialRecord.from_trial(t, scores) for t in study.get_trials(deepcopy=False)]
     return frame(records, front_numbers(study), teacher, include_all=include_all)
 
 

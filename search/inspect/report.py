@@ -40,9 +40,12 @@ th{background:#f3f3f3}pre{background:#f7f7f7;padding:10px;overflow:auto;font-siz
 def _hover(row: pd.Series, rec: TrialRecord | None) -> str:
     plan = (rec.plan or {}) if rec else {}
     parts = [f"<b>trial {row.trial}</b>" + (f" ({row.baseline})" if row.baseline else ""),
-             f"accuracy {row.accuracy:.2%} ({row.acc_change:+.2f} pts)",
-             f"latency {row.latency_ms:.4g} ms ({row.speedup:.2f}x)", f"memory {row.memory_mb:.3g} MB",
-             f"prune {row.mean_prune:.0%} mean, {row.int8_share:.0%} layers quantized",
+             f"val top-1 {row.accuracy:.2%} ({row.acc_change:+.2f} pts)"]
+    if isinstance(row.test_accuracy, float) and not math.isnan(row.test_accuracy):
+        parts.append(f"test top-1 {row.test_accuracy:.2%} ({row.test_change:+.2f} &plusmn; {row.test_se:.2f} pts, "
+                     f"{row.test_verdict})")
+    parts += [f"latency {row.latency_ms:.4g} ms ({row.speedup:.2f}x)", f"memory {row.memory_mb:.3g} MB",
+             f"pruned {row.mean_prune:.0%} mean (applied), {row.quant_share:.0%} layers run integer kernels",
              f"T {row.temperature:.3g}, alpha {plan.get('alpha', math.nan):.2f}"]
     if row.refined:
         parts.append(f"refined from trial {rec.refined_from if rec else '?'}")
@@ -117,10 +120,11 @@ def _layer_order(view: StudyView, plans: list[dict]) -> list[str]:
     return list(dict.fromkeys(order))
 
 
-def prune_ratio(view: StudyView, plan: dict, layer: str) -> float | None:
-    """The ratio a layer was pruned by: its own, or its group's deciding layer's (channels coupled to
-    it, e.g. a depthwise conv after its expand conv, go with it); None when the layer is not prunable."""
-    ratios = plan.get("prune", {})
+def prune_ratio(view: StudyView, plan: dict, layer: str, applied: dict | None = None) -> float | None:
+    """The share of output channels a layer lost: its own, or its group's deciding layer's (channels coupled
+    to it, e.g. a depthwise conv after its expand conv, go with it); None when the layer is not prunable.
+    `applied` (the trial's T_PRUNED record) gives what was removed; without it, what was asked."""
+    ratios = {k: v["applied"] for k, v in applied.items()} if applied else plan.get("prune", {})
     if layer in ratios:
         return ratios[layer]
     groups = (view.attrs.get(S_LAYERS) or {}).get("groups", {})
@@ -139,22 +143,24 @@ def layers_figure(view: StudyView) -> go.Figure:
     plans = [records[n].plan or {} for n in trials]
     layers = _layer_order(view, plans)
     rows = [f"trial {n}" for n in trials]
-    prune = [[prune_ratio(view, p, layer) for layer in layers] for p in plans]
-    bits = [[p.get("bits", {}).get(layer, 32) for layer in layers] for p in plans]
-    codes = {32: 0, 16: 1, 8: 2, 4: 3}
+    prune = [[prune_ratio(view, p, layer, records[n].pruned) for layer in layers] for n, p in zip(trials, plans,
+                                                                                                    strict=True)]
+    runs = [[_runs(records[n], p, layer) for layer in layers] for n, p in zip(trials, plans, strict=True)]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("pruning ratio (share of output channels removed)", "bit-width"))
+                        subplot_titles=("pruning ratio applied (share of output channels removed)",
+                                        "what ONNX Runtime runs (requested bits; * where it differs)"))
     fig.add_trace(go.Heatmap(z=prune, x=layers, y=rows, zmin=0, zmax=max([0.75, *(v for r in prune for v in r if v)]),
                              colorscale="Blues", text=[["-" if v is None else f"{v:.2f}" for v in r] for r in prune],
                              texttemplate="%{text}", colorbar={"y": 0.8, "len": 0.45, "title": "ratio"},
                              hovertemplate="%{y}, %{x}: pruned %{z:.0%}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Heatmap(z=[[codes.get(b, 0) for b in r] for r in bits], x=layers, y=rows, zmin=-0.5,
-                             zmax=3.5, colorscale=[[0, "#f0f0f0"], [0.33, "#fdd49e"], [0.67, "#fc8d59"],
-                                                   [1, "#b30000"]],
-                             text=[[str(b) for b in r] for r in bits], texttemplate="%{text}",
-                             customdata=[[BIT_LABELS.get(b, str(b)) for b in r] for r in bits],
-                             colorbar={"y": 0.2, "len": 0.45, "title": "bits", "tickvals": [0, 1, 2, 3],
-                                       "ticktext": list(BIT_LABELS.values())},
+    fig.add_trace(go.Heatmap(z=[[KERNEL_CODES.get(k, 0) for _, k, _ in r] for r in runs], x=layers, y=rows,
+                             zmin=-0.5, zmax=3.5, colorscale=[[0, "#f0f0f0"], [0.33, "#fdd49e"], [0.67, "#fc8d59"],
+                                                              [1, "#b30000"]],
+                             text=[[f"{b}{'*' if d else ''}" for b, _, d in r] for r in runs], texttemplate="%{text}",
+                             customdata=[[f"asked {BIT_LABELS.get(b, str(b))}, runs {k}" for b, k, _ in r]
+                                         for r in runs],
+                             colorbar={"y": 0.2, "len": 0.45, "title": "runs as", "tickvals": [0, 1, 2, 3],
+                                       "ticktext": list(KERNEL_CODES)},
                              hovertemplate="%{y}, %{x}: %{customdata}<extra></extra>"), 2, 1)
     fig.update_layout(title="Per-layer plan of the front points (rows: fastest first)",
                       height=260 + 2 * 30 * max(len(rows), 3), margin={"l": 80, "r": 20, "t": 70, "b": 120})
@@ -165,9 +171,42 @@ def layers_figure(view: StudyView) -> go.Figure:
     return fig
 
 
-FORMATS = {"accuracy": "{:.2%}", "acc_change": "{:+.2f}", "latency_ms": "{:.4g}", "speedup": "{:.2f}x",
+# Kernels ONNX Runtime runs a layer with (search.compress.runs), coloured from float to 4-bit integer.
+KERNEL_CODES = {"fp32": 0, "float-dequant": 1, "int8": 2, "int4": 3}
+_BITS_KERNEL = {32: "fp32", 16: "int16", 8: "int8", 4: "int4"}
+
+
+def _runs(rec: TrialRecord, plan: dict, layer: str) -> tuple[int, str, bool]:
+    """(requested bits, kernel it runs as, differs) for one layer; what was asked when not recorded."""
+    entry = (rec.precision or {}).get(layer)
+    if entry:
+        return int(entry["requested"]), str(entry["runs_as"]), bool(entry.get("differs"))
+    b = int(plan.get("bits", {}).get(layer, 32))
+    return b, _BITS_KERNEL.get(b, str(b)), False
+
+
+def not_applied(view: StudyView) -> pd.DataFrame:
+    """Front points' layers where what runs differs from the plan: a requested pruning ratio that removed
+    less (with its reason) or a bit-width ONNX Runtime does not run as asked."""
+    records = {r.number: r for r in view.trials}
+    rows = []
+    for n in view.front.trial:
+        rec = records[n]
+        for layer, e in (rec.pruned or {}).items():
+            if e.get("requested", 0) > 0 and e.get("applied", 0) + 1e-9 < e["requested"] * 0.5 or e.get("reason"):
+                rows.append({"trial": n, "layer": layer, "asked": f"prune {e['requested']:.0%}",
+                             "got": f"{e.get('applied', 0):.0%} removed", "why": e.get("reason", "")})
+        for layer, e in (rec.precision or {}).items():
+            if e.get("differs"):
+                rows.append({"trial": n, "layer": layer, "asked": f"{e['requested']} bits", "got": e["runs_as"],
+                             "why": e.get("why", "what ONNX Runtime's optimised graph runs")})
+    return pd.DataFrame(rows, columns=["trial", "layer", "asked", "got", "why"])
+
+
+FORMATS = {"accuracy": "{:.2%}", "acc_change": "{:+.2f}", "test_accuracy": "{:.2%}", "test_change": "{:+.2f}",
+           "test_se": "{:.2f}", "latency_ms": "{:.4g}", "speedup": "{:.2f}x",
            "memory_mb": "{:.3g}", "model_mb": "{:.3g}", "size_ratio": "{:.2f}x", "mean_prune": "{:.0%}",
-           "int8_share": "{:.0%}", "temperature": "{:.3g}"}
+           "quant_share": "{:.0%}", "temperature": "{:.3g}"}
 
 
 def format_cell(column: str, value: Any) -> str:
@@ -206,11 +245,21 @@ def build_html(view: StudyView) -> str:
     df, teacher = view.all_trials, view.teacher
     complete = df[df.state == "COMPLETE"]
     failed = df[df.state != "COMPLETE"][["trial", "state", "fail_reason"]]
+    t_test = view.teacher_test.get("accuracy")
     cards = [("task", view.task_spec), ("device", profile.name),
              ("trials", f"{len(complete)} complete / {len(df)}"),
              ("feasible", str(int(complete.feasible.sum()))), ("on the front", str(len(view.front))),
-             ("teacher", f"{teacher.get('accuracy', math.nan):.2%}, {teacher.get('latency_ms', math.nan):.4g} ms, "
-                         f"{teacher.get('memory_mb', math.nan):.3g} MB")]
+             ("teacher", f"val {teacher.get('accuracy', math.nan):.2%}"
+                         + (f", test {t_test:.2%}" if t_test is not None else "")
+                         + f", {teacher.get('latency_ms', math.nan):.4g} ms"
+                         + f", {teacher.get('memory_mb', math.nan):.3g} MB")]
+    protocol = ("Accuracy: <b>val</b> (the selection set) chose every point; <b>test</b> is the held-out split, "
+                "scored once per front point after the search; test_change is against the teacher on the same "
+                "images, &plusmn; test_se (paired standard error); within 2 standard errors it reads "
+                "&ldquo;within noise&rdquo;." if view.has_test else
+                "This task has no held-out test split: the accuracies shown are the selection set's, the same "
+                "data that chose the front, not a held-out estimate.")
+    gaps = not_applied(view)
     card_html = "".join(f'<div class="card"><span class="muted">{html.escape(k)}</span><b>{html.escape(v)}</b></div>'
                         for k, v in cards)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -227,8 +276,10 @@ export one with <code>hwsearch export --study {html.escape(view.name)} --trial N
 <h2>Pareto front</h2><p class="muted">Red: the front (non-dominated, feasible); blue: feasible; grey: infeasible;
 open black symbols: seeded baselines; dashed lines: the profile's budgets and the accuracy floor.</p>
 <div class="grid"><div>{divs["pareto-latency"]}</div><div>{divs["pareto-memory"]}</div></div>
-<h2>Front table</h2>{html_table(view.front)}
+<h2>Front table</h2><p class="muted">{protocol}</p>{html_table(view.front)}
 <h2>Per-layer plans</h2>{divs["layers"]}
+<h3>Asked but not applied as asked</h3>
+{html_table(gaps) if len(gaps) else "<p>none: every front point runs as planned</p>"}
 <h2>Search progress</h2>{divs["hypervolume"]}
 <h2>Trials that did not complete</h2>{html_table(failed) if len(failed) else "<p>none</p>"}
 <h2>Setup</h2><div class="grid"><div><h3>Device profile ({html.escape(profile.digest())})</h3>

@@ -12,6 +12,8 @@ import numpy as np
 
 EVAL_BATCH = 500
 EVAL_THREADS = 2
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+              "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
 def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
@@ -22,15 +24,21 @@ def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_B
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    inp = sess.get_inputs()[0]
+    x = np.ascontiguousarray(x, dtype=_ORT_TYPES.get(inp.type, np.float32))  # token ids stay integers
+    name = inp.name
     preds = [sess.run(None, {name: x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
-def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> float:
-    """Share of samples whose arg-max class equals the label."""
+def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Per sample: 1 where the arg-max class equals the label, else 0 (paired comparisons need it)."""
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("accuracy needs at least one sample")
-    return float((onnx_predictions(path, x, batch) == y).mean())
+    return (onnx_predictions(path, x, batch) == y).astype(np.int8)
+
+
+def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> float:
+    """Share of samples whose arg-max class equals the label."""
+    return float(onnx_correct(path, x, y, batch).mean())

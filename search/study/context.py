@@ -15,34 +15,13 @@ from search.config import DeviceProfile, SearchSpace
 from search.measure.cache import MeasurementCache
 from search.study.sampling import SearchLayers
 from search.tasks import Task
+from search.tasks.arrays import inputs_digest
 from search.utils.atomic import atomic_write_bytes
 
 
-def dataset_arrays(ds, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, labels) of a map-style dataset as numpy arrays (TensorDatasets without a copy loop)."""
-    tensors = getattr(ds, "tensors", None)
-    if tensors is not None and len(tensors) >= 2:
-        x, y = tensors[0], tensors[1]
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
-        return x.numpy().astype(np.float32, copy=False), y.numpy()
-    n = len(ds) if limit is None else min(limit, len(ds))
-    xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
-    return torch.stack(list(xs)).numpy().astype(np.float32), torch.as_tensor(ys).numpy()
-
-
-def calibration_sample(ds, samples: int, seed: int) -> np.ndarray:
-    """A fixed random sample of training inputs for static quantization."""
-    n = len(ds)
-    idx = np.random.default_rng(seed).choice(n, size=min(samples, n), replace=False)
-    tensors = getattr(ds, "tensors", None)
-    if tensors is not None:
-        return tensors[0][torch.from_numpy(np.sort(idx))].numpy().astype(np.float32)
-    return torch.stack([ds[int(i)][0] for i in np.sort(idx)]).numpy().astype(np.float32)
-
-
-def teacher_fingerprint(teacher: torch.nn.Module, n_train: int) -> str:
-    h = hashlib.sha256(str(n_train).encode())
+def teacher_fingerprint(teacher: torch.nn.Module, train) -> str:
+    """Key of the logits cache: the teacher's weights and the content of the training inputs."""
+    h = hashlib.sha256(inputs_digest(train).encode())
     for k, v in sorted(teacher.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -53,7 +32,7 @@ def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> 
     """The teacher's logits on the training set, computed once per teacher and kept on disk."""
     from search.compress import teacher_logits
 
-    path = cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, len(task.train))}.pt"
+    path = cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, task.train)}.pt"
     if path.is_file():
         try:
             logits = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,7 +70,9 @@ class Context:
 
     @property
     def example(self) -> torch.Tensor:
-        return torch.rand(1, *self.task.input_shape, generator=torch.Generator().manual_seed(0))
+        from search.study.setup import example_input
+
+        return example_input(self.task)
 
     def teacher_logits(self) -> torch.Tensor:
         if self._logits is None:

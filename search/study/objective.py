@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -28,16 +29,21 @@ from search.study.record import (
     T_MEASUREMENT,
     T_METRICS,
     T_ONNX_ARTIFACT,
+    T_ONNX_SHA256,
     T_PLAN,
     T_PLAN_ARTIFACT,
+    T_PRECISION,
+    T_PRUNED,
     T_REFINED_FROM,
     T_SKIPPED,
     T_STAGE,
     T_STAGE_SECONDS,
+    T_STOPPED,
     T_TRAINED,
     T_WORKER,
 )
 from search.study.sampling import sample_plan
+from search.utils.files import sha256_file
 
 MB = 1024 * 1024
 
@@ -135,13 +141,13 @@ class Objective:
         return ("refine", d.refine) if refine else ("explore", d.budget)
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
-        from search.compress import distill, export_onnx, prune, quantize
+        from search.compress import compare, distill, export_onnx, prune, quantize, runs_as
 
         ctx = self.ctx
         budget_name, budget = self._budget(trial)
         trial.set_user_attr(T_BUDGET, budget_name)
         trial.set_user_attr(T_WORKER, f"{socket.gethostname()}:{os.getpid()}")
-        plan = sample_plan(trial, ctx.space, ctx.layers, ctx.bits, ctx.seed)
+        plan = sample_plan(trial, ctx.space, ctx.layers, ctx.bits, ctx.seed, ctx.profile)
         trial.set_user_attr(T_PLAN, plan.to_dict())
         skipped: dict[str, str] = {}
         pruned = any(r > 0 for r in plan.prune.values())
@@ -151,6 +157,7 @@ class Objective:
                        importance=ctx.space.pruning.importance, never_prune=ctx.space.pruning.never_prune)
         student, macs, params = pr.model, pr.macs_after, pr.params_after
         skipped.update({k: f"prune: {v}" for k, v in pr.skipped.items() if plan.prune.get(k, 0) > 0})
+        trial.set_user_attr(T_PRUNED, pr.applied(plan.prune))
 
         def export_and_quantize(tag: str) -> Path:
             with timer("export"):
@@ -159,6 +166,14 @@ class Objective:
                 q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
                              per_channel=ctx.space.quantization.per_channel,
                              method=ctx.space.quantization.calibration.method)
+                # What ONNX Runtime runs (its optimised graph, the profile's session options), not what was asked.
+                rt = ctx.profile.runtime
+                runs = runs_as(q.path, fp32, graph_optimization=rt.graph_optimization, threads=rt.threads)
+                precision = compare({k: plan.bits.get(k, 32) for k in runs}, runs)
+                for layer, why in {**q.notes, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
+                    if layer in precision:
+                        precision[layer]["why"] = why
+                trial.set_user_attr(T_PRECISION, precision)
             skipped.update({k: f"quantize: {v}" for k, v in q.skipped.items()})
             return q.path
 
@@ -166,9 +181,8 @@ class Objective:
         candidate = export_and_quantize("structure")
         with timer("measure"):
             m = ctx.measure(candidate)
-        if m.stopped:
-            trial.set_user_attr(T_MEASUREMENT, m.to_dict())
-            raise TrialFailure(f"over memory budget: {m.error}")
+        if m.stopped:  # a measured verdict, not a failure: far over the memory budget
+            return self._stopped(trial, m, candidate, timer, skipped, macs, params)
         latency = m.objective(ctx.profile.measure.statistic)
         memory = float(m.memory_total_mb)
         model_mb = candidate.stat().st_size / MB
@@ -191,6 +205,7 @@ class Objective:
             hw = hardware_constraints(ctx, latency, memory, model_mb)
         with timer("evaluate"):
             accuracy = onnx_accuracy(candidate, ctx.val_x, ctx.val_y)
+            trial.set_user_attr(T_ONNX_SHA256, sha256_file(candidate))  # the file scored, byte for byte
         constraints = {**hw, **accuracy_constraint(ctx, accuracy)}
         for name, value in constraints.items():
             trial.set_constraint(name, float(value))
@@ -217,3 +232,28 @@ class Objective:
         })
         trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
         return accuracy, latency, memory
+
+    def _stopped(self, trial: optuna.Trial, m, candidate: Path, timer: StageTimer, skipped: dict, macs: int,
+                 params: int) -> tuple[float, float, float]:
+        """The memory limit stopped the model before it could be timed: COMPLETE and infeasible, with the
+        memory figure it reached (a lower bound) and no latency (inf); accuracy is not evaluated (0)."""
+        ctx = self.ctx
+        memory = float(m.memory_total_mb if m.memory_total_mb is not None else (m.memory_limit_mb or 0.0))
+        model_mb = candidate.stat().st_size / MB
+        # No latency: its constraint is a large finite stand-in (storages and samplers want finite numbers).
+        constraints = {k: min(v, 1e9) for k, v in hardware_constraints(ctx, math.inf, memory, model_mb).items()}
+        constraints["memory_mb"] = max(constraints.get("memory_mb", 0.0), 1.0)  # stopped: over, whatever the figure
+        for name, value in constraints.items():
+            trial.set_constraint(name, float(value))
+        trial.set_user_attr(T_STOPPED, m.error)
+        trial.set_user_attr(T_TRAINED, False)
+        trial.set_user_attr(T_FEASIBLE, False)
+        trial.set_user_attr(T_CONSTRAINTS, constraints)
+        trial.set_user_attr(T_MEASUREMENT, m.to_dict())
+        trial.set_user_attr(T_SKIPPED, skipped)
+        trial.set_user_attr(T_METRICS, {
+            "accuracy": None, "latency_ms": None, "memory_mb": memory, "model_mb": model_mb,
+            "latency_raw_ms": None, "memory_model_mb": m.memory_model_mb, "macs": int(macs), "params": int(params),
+        })
+        trial.set_user_attr(T_STAGE_SECONDS, timer.rounded())
+        return 0.0, math.inf, memory

@@ -27,6 +27,11 @@ S_ARTIFACTS = "artifacts_dir"
 S_SEED = "seed"
 S_INPUT = "input"  # {"shape", "num_classes", "class_names", "name", "dtype", "value_range", "normalisation"}
 S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the study folder
+# Held-out scores, written once per front point by the final scoring step (the only reader of `test`):
+# {"teacher": {"accuracy", "n"}, "<trial number>": {"accuracy", "n", "change", "se", "verdict", "sha256"}}.
+# A study attribute: Optuna refuses to change a finished trial's attributes.
+S_TEST_SCORES = "test_scores"
+S_HAS_TEST = "has_test"  # False for a task without a `test` split: accuracies are the selection set's
 
 # Trial user attributes.
 T_PLAN = "plan"  # Plan.to_dict()
@@ -42,6 +47,10 @@ T_MEASUREMENT = "measurement"  # Measurement.to_dict()
 T_STAGE = "stage"  # the stage a trial is in (or was in when it stopped): prune, export, measure, distill, ...
 T_STAGE_SECONDS = "stage_seconds"  # {"prune", "measure", "distill", "export", "quantize", "evaluate"}
 T_SKIPPED = "skipped_layers"  # {layer: reason} (pruning or quantization could not apply it)
+T_PRUNED = "pruned"  # {layer: {"requested", "applied", "channels": [before, after], "reason"?}}
+T_PRECISION = "precision"  # {layer: {"requested": bits, "runs_as": kernel, "differs": bool}}
+T_ONNX_SHA256 = "onnx_sha256"  # sha256 of the ONNX file whose accuracy was scored (the artifact)
+T_STOPPED = "stopped"  # the memory limit stopped the model: a COMPLETE, infeasible trial without latency
 T_FAIL_REASON = "fail_reason"
 T_INTERRUPTED_FROM = "interrupted_from"  # a trial re-queued after Ctrl-C stopped this one
 T_WORKER = "worker"  # host:pid of the process that ran the trial
@@ -75,9 +84,13 @@ class TrialRecord:
     onnx_artifact: str | None = None
     plan_artifact: str | None = None
     measurement: dict | None = None
+    pruned: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)
+    onnx_sha256: str | None = None
+    test: dict | None = None  # this trial's entry of S_TEST_SCORES, when it was scored
 
     @classmethod
-    def from_trial(cls, t: Any) -> TrialRecord:
+    def from_trial(cls, t: Any, test_scores: dict | None = None) -> TrialRecord:
         ua = t.user_attrs
         return cls(
             number=t.number,
@@ -97,4 +110,8 @@ class TrialRecord:
             onnx_artifact=ua.get(T_ONNX_ARTIFACT),
             plan_artifact=ua.get(T_PLAN_ARTIFACT),
             measurement=ua.get(T_MEASUREMENT),
+            pruned=ua.get(T_PRUNED, {}),
+            precision=ua.get(T_PRECISION, {}),
+            onnx_sha256=ua.get(T_ONNX_SHA256),
+            test=(test_scores or {}).get(str(t.number)),
         )

@@ -288,7 +288,7 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
 
     if worker_id == 0:
         st.set_user_attr(S_ARTIFACTS, str(artifacts_dir.resolve()))
-        for name, params in baseline_params(space_cfg, ctx.layers, ctx.bits).items():
+        for name, params in baseline_params(space_cfg, ctx.layers, ctx.bits, profile).items():
             st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
 
     store = optuna.artifacts.FileSystemArtifactStore(str(artifacts_dir))
@@ -356,17 +356,10 @@ def run(task: str, space: str | Path, device: str | Path, trials: int, study: st
         front_trials=tuple(x.number for x in feasible_front(st)),
     )
     if worker_id == 0 and write_outputs:
-        _write_outputs(st, study_dir)
+        from search.inspect import write_outputs as _write_outputs
+
+        _write_outputs(st, study_dir, task=t)  # the held-out scoring: after every decision was taken
     return result
-
-
-def _write_outputs(st: optuna.Study, study_dir: Path) -> None:
-    """front.csv and report.html (the inspection stage), when it is part of this build."""
-    try:
-        from search.inspect import write_outputs
-    except ImportError:
-        return
-    write_outputs(st, study_dir)
 
 
 __all__ = ["BASELINES", "CtrlC", "FailureStreak", "RunResult", "counted_trials", "feasible_front", "pick_refine", "run"]

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search.config import SearchSpace
+from search.config import DeviceProfile, SearchSpace
 from search.plan import Plan
 
 
@@ -17,22 +17,32 @@ class SearchLayers:
     `groups`: {deciding layer: coupled layers} — one ratio per group (coupled layers share channels).
     `blocks`: {block: deciding layers} for `granularity: block`. `quantizable`: layers owning a
     Conv/Gemm/MatMul node in the teacher's ONNX graph (one bit-width each); `quant_blocks`: the same
-    layers by block, for the quantization's `granularity: block`.
+    layers by block, for the quantization's `granularity: block`. `quant_ops`: each quantizable layer's
+    op types, so a layer is offered only the bit-widths the device runs as kernels for all of them.
     """
 
     groups: dict[str, list[str]] = field(default_factory=dict)
     blocks: dict[str, list[str]] = field(default_factory=dict)
     quantizable: list[str] = field(default_factory=list)
     quant_blocks: dict[str, list[str]] = field(default_factory=dict)
+    quant_ops: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable,
-                "quant_blocks": self.quant_blocks}
+                "quant_blocks": self.quant_blocks, "quant_ops": self.quant_ops}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchLayers:
         return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"],
-                   quant_blocks=d.get("quant_blocks", {}))
+                   quant_blocks=d.get("quant_blocks", {}), quant_ops=d.get("quant_ops", {}))
+
+    def unit_bits(self, members: list[str], bits: tuple[int, ...], profile: DeviceProfile | None) -> tuple[int, ...]:
+        """The space's `bits` that the device runs as a real kernel for every op type of `members`."""
+        ops = sorted({op for m in members for op in self.quant_ops.get(m, [])})
+        if profile is None or not ops:  # a study recorded before op types were: the space's choices
+            return bits
+        runs = profile.bits(ops)
+        return tuple(b for b in bits if b in runs) or (32,)
 
     def prune_units(self, granularity: str) -> dict[str, list[str]]:
         """{parameter suffix: deciding layers it sets}."""
@@ -54,7 +64,7 @@ def _float(trial: optuna.Trial, name: str, low: float, high: float, log: bool) -
 
 
 def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...],
-                seed: int) -> Plan:
+                seed: int, profile: DeviceProfile | None = None) -> Plan:
     """One Plan per trial; enqueued (baseline or refined) trials get their fixed parameters back."""
     d = space.distillation
     temperature = _float(trial, "temperature", d.temperature.low, d.temperature.high, d.temperature.log)
@@ -67,7 +77,8 @@ def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, b
             prune[layer] = r
     plan_bits: dict[str, int] = {}
     for unit, members in layers.bit_units(space.quantization.granularity).items():
-        b = bits[0] if len(bits) == 1 else int(trial.suggest_categorical(f"bits.{unit}", bits))
+        choices = layers.unit_bits(members, bits, profile)
+        b = choices[0] if len(choices) == 1 else int(trial.suggest_categorical(f"bits.{unit}", choices))
         for layer in members:
             plan_bits[layer] = b
     return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=seed + trial.number)
@@ -77,7 +88,8 @@ def _clamp(v: float, low: float, high: float) -> float:
     return min(max(v, low), high)
 
 
-def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...]) -> dict[str, dict]:
+def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...],
+                    profile: DeviceProfile | None = None) -> dict[str, dict]:
     """Parameters of the baselines the front must never lose to, by name (those the space allows).
 
     teacher-fp32, teacher-int8 (uniform int8 PTQ), prune50-kd-fp32/int8 (uniform 50% pruning + distillation,
@@ -99,8 +111,10 @@ def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, .
         p = dict(common)
         if len(ratios) > 1:
             p.update({f"prune.{u}": ratio for u in units})
-        if len(bits) > 1:
-            p.update({f"bits.{q}": b for q in layers.bit_units(space.quantization.granularity)})
+        for unit, members in layers.bit_units(space.quantization.granularity).items():
+            choices = layers.unit_bits(members, bits, profile)
+            if len(choices) > 1:  # a unit the device runs in one precision only is not a parameter
+                p[f"bits.{unit}"] = b if b in choices else 32
         return p
 
     wanted = {"teacher-fp32": (0.0, 32), "teacher-int8": (0.0, 8), "prune50-kd-fp32": (0.5, 32),

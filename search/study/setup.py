@@ -10,7 +10,7 @@ import optuna
 
 from search.config import DeviceProfile, SearchSpace
 from search.errors import UserError
-from search.study.context import Context, calibration_sample, dataset_arrays
+from search.study.context import Context
 from search.study.record import (
     S_INPUT,
     S_LAYERS,
@@ -27,6 +27,7 @@ from search.study.record import (
 )
 from search.study.sampling import SearchLayers
 from search.tasks import Task
+from search.tasks.arrays import calibration_sample, dataset_arrays
 
 REFERENCE_NAME = "reference.onnx"
 
@@ -39,13 +40,16 @@ def example_input(task: Task):
 
 
 def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
-    from search.compress import layer_blocks, prune_groups, quantizable_layers
+    from search.compress import layer_blocks, prune_groups
+    from search.compress.onnx_names import weighted_nodes
 
     groups = prune_groups(task.teacher, example_input(task), never_prune=space.pruning.never_prune)
     blocks = layer_blocks(task.teacher, list(groups))
-    quantizable = quantizable_layers(reference_onnx)
+    nodes = weighted_nodes(reference_onnx)
+    quantizable = list(nodes)
     return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable,
-                        quant_blocks=layer_blocks(task.teacher, quantizable))
+                        quant_blocks=layer_blocks(task.teacher, quantizable),
+                        quant_ops={layer: sorted({n.op_type for n in ns}) for layer, ns in nodes.items()})
 
 
 def check_same_setup(study: optuna.Study, task_spec: str, space: SearchSpace, profile: DeviceProfile) -> None:

@@ -22,7 +22,13 @@ class InputSpec:
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """A trained teacher plus train/val data; `input_shape` is one sample without the batch."""
+    """A trained teacher plus its data; `input_shape` is one sample without the batch.
+
+    `val` is the selection set: every decision of a study (objective, accuracy floor, refinement,
+    front) reads it. `test`, when given, is held out: only the final scoring of the front points reads
+    it, once per point. Without `test`, reported accuracies are the selection set's, not a held-out
+    estimate (the front and report say so).
+    """
 
     name: str
     teacher: nn.Module
@@ -30,6 +36,7 @@ class Task:
     val: Dataset
     input_shape: tuple[int, ...]
     num_classes: int
+    test: Dataset | None = None
     class_names: tuple[str, ...] = ()
     input_spec: InputSpec = field(default_factory=InputSpec)
     description: str = ""

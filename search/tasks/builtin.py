@@ -40,12 +40,12 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
     t.name: t
     for t in (
         BuiltinTask(
-            "digits", "scikit-learn's 8x8 digits (1,437 train / 360 held out), for fast tests",
+            "digits", "scikit-learn's 8x8 digits (1,168 train / 270 val / 359 test), for fast tests",
             DIGITS_SPEC, TrainRecipe(epochs=40, lr=0.01, batch_size=64, shift=1),
             (1, 8, 8), tuple(str(i) for i in range(10)), _digits,
         ),
         BuiltinTask(
-            "fashion-mnist", "Fashion-MNIST 28x28 (60,000 train / 10,000 test) from IDX files",
+            "fashion-mnist", "Fashion-MNIST 28x28 (55,000 train / 5,000 val from the training files; 10,000 test)",
             FASHION_SPEC, TrainRecipe(epochs=12, lr=0.01, batch_size=128, flip=True, shift=2),
             (1, 28, 28), (
                 "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -75,6 +75,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
         teacher=teacher.eval(),
         train=TensorDataset(torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])),
         val=TensorDataset(torch.from_numpy(data["val_x"]), torch.from_numpy(data["val_y"])),
+        test=TensorDataset(torch.from_numpy(data["test_x"]), torch.from_numpy(data["test_y"])),
         input_shape=b.input_shape,
         num_classes=b.spec.num_classes,
         class_names=b.class_names,

@@ -20,9 +20,11 @@ FASHION_CLASSES = (
 _FASHION_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
-    "val_x": "t10k-images-idx3-ubyte",
-    "val_y": "t10k-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
 }
+FASHION_VAL = 5_000  # carved from the 60,000 training images: the selection set
+SPLIT_SEED = 0
 
 
 def fashion_data_dir(data_dir: str | Path | None = None) -> Path:
@@ -63,32 +65,47 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
+def stratified_split(y: np.ndarray, n_out: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, carved) sorted index arrays: `n_out` indices drawn per class in proportion, fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    kept, carved = train_test_split(idx, test_size=n_out, random_state=seed, stratify=y)
+    return np.sort(kept), np.sort(carved)
+
+
 def load_fashion_mnist(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Full 60,000/10,000 split as float32 [N, 1, 28, 28] in [0, 1] and int64 labels."""
+    """Three splits as float32 [N, 1, 28, 28] in [0, 1] and int64 labels: train 55,000 and val 5,000
+    (stratified, fixed seed) from the 60,000 training files, test = the 10,000 t10k images (held out)."""
     folder = fashion_data_dir(data_dir)
     if not folder.is_dir():
         _find(folder, _FASHION_FILES["train_x"])  # raises the helpful message
     arrays = {k: _read_idx(_find(folder, stem)) for k, stem in _FASHION_FILES.items()}
-    out = {}
-    for split in ("train", "val"):
+    full = {}
+    for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise UserError(f"{folder}: {split} images and labels do not match ({x.shape} vs {y.shape})")
-        out[f"{split}_x"] = (x.astype(np.float32) / 255.0)[:, None]
-        out[f"{split}_y"] = y.astype(np.int64)
-    return out
+        full[f"{split}_x"] = (x.astype(np.float32) / 255.0)[:, None]
+        full[f"{split}_y"] = y.astype(np.int64)
+    kept, val = stratified_split(full["train_y"], FASHION_VAL)
+    return {"train_x": full["train_x"][kept], "train_y": full["train_y"][kept],
+            "val_x": full["train_x"][val], "val_y": full["train_y"][val],
+            "test_x": full["test_x"], "test_y": full["test_y"]}
 
 
-def load_digits_split(seed: int = 0, held_out: float = 0.2) -> dict[str, np.ndarray]:
-    """scikit-learn's bundled 8x8 digits, stratified split, float32 [N, 1, 8, 8] in [0, 1]."""
+def load_digits_split(seed: int = SPLIT_SEED, val: float = 0.15, test: float = 0.2) -> dict[str, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits, float32 [N, 1, 8, 8] in [0, 1]: stratified train / val / test
+    (65% / 15% / 20%: 1,168 / 270 / 359 images)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0)[:, None]
     y = d.target.astype(np.int64)
-    tx, vx, ty, vy = train_test_split(x, y, test_size=held_out, random_state=seed, stratify=y)
-    return {"train_x": tx, "train_y": ty, "val_x": vx, "val_y": vy}
+    rest, te = stratified_split(y, round(test * len(y)), seed)
+    kept, va = stratified_split(y[rest], round(val * len(y)), seed)
+    tr, va = rest[kept], rest[va]
+    return {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va], "test_x": x[te], "test_y": y[te]}
 
 
 def fingerprint(arrays: dict[str, np.ndarray]) -> str:

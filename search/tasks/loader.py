@@ -84,6 +84,7 @@ def _check_task(spec: str, task: Task) -> None:
         raise bad("name", f"must be a non-empty string, got {task.name!r}")
     if not isinstance(task.teacher, nn.Module):
         raise bad("teacher", f"must be a torch.nn.Module, got {type(task.teacher).__name__}")
+    # `test` is not touched here: only the final scoring of the front reads it.
     for field in ("train", "val"):
         data = getattr(task, field)
         try:

@@ -77,7 +77,8 @@ def train_teacher(spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.nda
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
     t0 = time.perf_counter()
-    with progress_bar(f"training {label} teacher", total=recipe.epochs * steps_per_epoch, enabled=progress) as bar:
+    with progress_bar(f"training {label} teacher", total=recipe.epochs * steps_per_epoch, enabled=progress,
+                      every=steps_per_epoch) as bar:  # in a log: one line per epoch
         for _epoch in range(recipe.epochs):
             model.train()
             order = torch.randperm(len(x), generator=gen)
