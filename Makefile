@@ -7,7 +7,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 TRIALS ?= 24
 REFINE ?= 3
 
-.PHONY: setup data test-deps demo test test-fast bench lint clean
+.PHONY: setup data test-deps demo test test-fast bench lint clean teachers
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ test-fast: setup
 
 bench: setup data
 	$(BIN)/python benchmarks/run_all.py
+
+# Retrain the built-in teachers and ship them (search/tasks/shipped/: the files a fresh clone verifies and uses).
+teachers: setup data
+	$(BIN)/hwsearch tasks --retrain digits --ship
+	$(BIN)/hwsearch tasks --retrain fashion-mnist --ship
 
 lint: setup
 	$(BIN)/ruff check search tests benchmarks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("tasks", help="list the built-in tasks and their teachers")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder holding teachers/")
+    p.add_argument("--retrain", metavar="NAME", help="train this built-in task's teacher again (into DIR/teachers/)")
+    p.add_argument("--ship", action="store_true", help="with --retrain: also replace the shipped teacher "
+                   "(search/tasks/shipped/, what a fresh clone verifies and uses)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
     p.set_defaults(func=cmd_tasks)
 
     from search.inspect.dashboard import register as register_dashboard  # parser only: no optuna import
@@ -55,7 +60,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             kind = file_kind(f)
             if kind == "profile":
                 prof = load_profile(f)
-                print(f"OK  {f}: device profile '{prof.name}' (bits {', '.join(map(str, prof.bits()))})")
+                per_op = {op: prof.bits([op]) for op in prof.precisions} if isinstance(prof.precisions, dict) \
+                    else {"every op": prof.bits()}
+                bits = "; ".join(f"{op} {', '.join(map(str, b))}" for op, b in per_op.items())
+                print(f"OK  {f}: device profile '{prof.name}' (bits: {bits})")
             else:
                 space = load_space(f)
                 if device is not None:
@@ -68,15 +76,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from search.tasks.builtin import BUILTIN_TASKS
+    from search.tasks.builtin import BUILTIN_TASKS, load_builtin
     from search.tasks.teacher import cached_meta
+
+    if args.retrain:
+        if args.retrain not in BUILTIN_TASKS:
+            raise UserError(f"--retrain {args.retrain!r}: not a built-in task (built-ins: {', '.join(BUILTIN_TASKS)})")
+        task = load_builtin(args.retrain, data_dir=args.data_dir, results_dir=args.results, retrain=True)
+        info = task.teacher_info
+        src = Path(args.results) / "teachers" / f"{args.retrain}-{info['key']}"
+        print(f"trained {args.retrain} teacher {info['key']} in {info['train_seconds']:.0f} s: val top-1 "
+              f"{info['val_accuracy']:.2%} ({src}.pt)")
+        if args.ship:
+            from search.tasks.teacher import SHIPPED_DIR
+
+            for old in SHIPPED_DIR.glob(f"{args.retrain}-*"):
+                old.unlink()
+            for suffix in (".pt", ".json"):
+                shutil.copyfile(src.with_suffix(suffix), SHIPPED_DIR / f"{src.name}{suffix}")
+            print(f"shipped it: {SHIPPED_DIR}/{src.name}.pt")
 
     print(f"{'task':<15} {'input':<10} {'teacher':<40} description")
     for name, b in BUILTIN_TASKS.items():
         meta = cached_meta(args.results, name)
         if meta:
             teacher = (f"{meta['params'] / 1e3:.1f}k params, {meta['macs'] / 1e6:.2f}M MACs, "
-                       f"top-1 {meta['val_accuracy'] * 100:.2f}%")
+                       f"val top-1 {meta['val_accuracy'] * 100:.2f}%")
         else:
             teacher = "not trained yet (trained on first use)"
         shape = "x".join(map(str, b.input_shape))

@@ -16,6 +16,7 @@ from search.tasks import Task, load_task
 from search.tasks.builtin import BUILTIN_TASKS
 from search.tasks.data import load_digits_split, stratified_split
 from search.tasks.teacher import evaluate
+from search.utils.files import sha256_file
 
 
 def test_digits_teacher_accuracy_and_shape(digits_task: Task):
@@ -56,8 +57,9 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path: Path, digits_task: Task
     weights.write_bytes(bytes(data))
     task = load_task("digits", results_dir=tmp_path, progress=False)
     assert "unusable" in capsys.readouterr().err
+    # rebuilt: from the verified shipped teacher (or retrained), never the flipped bytes
     meta = json.loads(next(teachers.glob("*.json")).read_text())
-    assert meta["sha256"] != digits_task.teacher_info["sha256"] or meta["created"] > digits_task.teacher_info["created"]
+    assert meta["sha256"] == sha256_file(weights) and weights.read_bytes() != bytes(data)
     assert task.teacher_info["val_accuracy"] >= 0.95
     # a half-written file (truncated) is caught too, and never loaded
     from search.tasks.models import DIGITS_SPEC
@@ -114,6 +116,51 @@ def test_user_task_from_module(tmp_path: Path, monkeypatch):
     (tmp_path / "mytasks_pkg" / "__init__.py").write_text(USER_TASK)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert load_task("mytasks_pkg:make").num_classes == 3
+
+
+def test_shipped_teacher_is_verified_and_used_on_a_fresh_clone(tmp_path: Path):
+    """No cache (a fresh clone): the shipped teacher is checked and copied into the cache, nothing trains."""
+    from search.tasks.teacher import SHIPPED_DIR
+
+    t0 = time.perf_counter()
+    task = load_task("digits", results_dir=tmp_path, progress=False)
+    assert time.perf_counter() - t0 < 30  # no training run (that takes 15 s idle, minutes on a busy box)
+    key = task.teacher_info["key"]
+    shipped = json.loads((SHIPPED_DIR / f"digits-{key}.json").read_text())
+    assert task.teacher_info == shipped
+    assert (tmp_path / "teachers" / f"digits-{key}.pt").read_bytes() == (SHIPPED_DIR / f"digits-{key}.pt").read_bytes()
+
+
+@pytest.mark.slow  # retrains the digits teacher
+@pytest.mark.parametrize("tamper", ["weights", "recipe"])
+def test_tampered_shipped_teacher_is_retrained_not_used(tmp_path: Path, tamper: str, capsys):
+    import shutil
+
+    from search.tasks.builtin import BUILTIN_TASKS
+    from search.tasks.data import fingerprint
+    from search.tasks.teacher import SHIPPED_DIR, get_teacher
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for f in SHIPPED_DIR.glob("digits-*"):
+        shutil.copy(f, shipped / f.name)
+    weights, meta = next(shipped.glob("*.pt")), next(shipped.glob("*.json"))
+    if tamper == "weights":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:  # a sidecar whose recipe does not hash to the file's key (e.g. edited by hand)
+        m = json.loads(meta.read_text())
+        m["recipe"]["epochs"] += 1
+        meta.write_text(json.dumps(m))
+    b = BUILTIN_TASKS["digits"]
+    d = b.load_data(None)
+    model, info = get_teacher("digits", b.spec, b.recipe, d, data_fp=fingerprint(d), results_dir=tmp_path / "r",
+                              progress=False, shipped=shipped, train_on="cpu")
+    err = capsys.readouterr().err
+    assert ("unusable" in err) if tamper == "weights" else ("does not match its recipe" in err)
+    assert "train_seconds" in info and info["created"] > json.loads(meta.read_text()).get("created", 0)
+    assert evaluate(model, d["val_x"], d["val_y"]) >= 0.95
 
 
 def test_fashion_missing_data_is_a_clear_error(tmp_path: Path):

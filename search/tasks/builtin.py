@@ -57,7 +57,7 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
 
 
 def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: str | Path = "results",
-                 train_on: str = "auto", progress: bool = True) -> Task:
+                 train_on: str = "auto", progress: bool = True, retrain: bool = False) -> Task:
     import torch
     from torch.utils.data import TensorDataset
 
@@ -67,7 +67,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
     b = BUILTIN_TASKS[name]
     data = b.load_data(data_dir)
     teacher, meta = get_teacher(name, b.spec, b.recipe, data, data_fp=fingerprint(data), results_dir=results_dir,
-                                train_on=train_on, progress=progress)
+                                train_on=train_on, progress=progress, retrain=retrain)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return Task(
