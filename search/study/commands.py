@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _int_at_least(low: int, high: int | None = None):
@@ -87,4 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print_front(result)
     print(f"results: {result.results_dir}/ (storage {result.storage_url})")
+    report = Path(result.results_dir) / "report.html"
+    if report.is_file():
+        print(f"report: {report} (open it in a browser; `hwsearch export --study {result.study_name} --trial N "
+              "--out DIR --verify` deploys a point)")
     return 0
