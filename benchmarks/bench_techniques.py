@@ -14,7 +14,9 @@ Rows, all on the Fashion-MNIST teacher and the local-1core profile:
       accuracy, latency and memory against a re-measurement: the deltas go in the JSON), then re-scored and
       RE-MEASURED here with the other rows.
 (b), (c) and (+) get the same training budget; --ratio R sets their uniform ratio (default 0.5).
-Every model: ONNX Runtime top-1 on all test images, then
+Every model: ONNX Runtime top-1 on the validation split (what the search selects on) and on the held-out
+test split (the figure reported: the change against the teacher on the same test images, with the paired
+standard error), then
 `search.measure.runner.measure` (fresh processes, the profile's threads/warm-up/repeats, batch 1, the fp32
 teacher interleaved in every round: speedup = 1 / same-round p50 ratio), peak memory (total, with ONNX
 Runtime's ~10 MB fixed overhead), file size, training seconds. Writes benchmarks/results/techniques.json.
@@ -22,7 +24,7 @@ Runtime's ~10 MB fixed overhead), file size, training seconds. Writes benchmarks
     .venv/bin/python benchmarks/bench_techniques.py [--quick | --full] [--study demo --results results]
 
 --quick (the default): 1 epoch on 10,000 training images, 3 measurement rounds.
---full: 3 epochs on all 60,000 images (the budget of spaces/default.yaml's refine), 5 rounds.
+--full: 3 epochs on all 55,000 training images (the budget of spaces/default.yaml's refine), 5 rounds.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[li
                      "budget": rec.budget, "baseline": rec.baseline, "refined_from": rec.refined_from,
                      "mean_prune": f["mean_prune"], "quant_share": f["quant_share"],
                      "macs": rec.metrics.get("macs"), "params": rec.metrics.get("params"),
-                     "study_accuracy": f["accuracy"], "study_speedup": f["speedup"], "verify": verify})
+                     "study_val_accuracy": f["accuracy"], "study_test_accuracy": f["test_accuracy"],
+                     "study_speedup": f["speedup"], "verify": verify})
     done = [r for r in view.trials if r.state == "COMPLETE"]
     cost = {"study": name, "complete_trials": len(done),
             "distill_seconds": round(sum(r.stage_seconds.get("distill", 0.0) for r in done), 1),
@@ -177,7 +180,8 @@ def main() -> int:
 
     from search.compress import export_onnx, quantizable_layers, quantize
     from search.config import load_profile, load_space
-    from search.measure.accuracy import onnx_accuracy
+    from search.inspect.holdout import paired_change
+    from search.measure.accuracy import onnx_accuracy, onnx_correct
     from search.study.context import cached_teacher_logits
     from search.tasks.arrays import calibration_sample, dataset_arrays
 
@@ -207,11 +211,16 @@ def main() -> int:
 
     # Every accuracy first, then every timing: interleaving them would skew the latencies.
     x, y = dataset_arrays(task.val)
-    for r in rows:
-        r["top1"] = onnx_accuracy(r["path"], x, y)
+    tx, ty = dataset_arrays(task.test)
+    correct = {}
+    for i, r in enumerate(rows):
+        r["val_top1"] = onnx_accuracy(r["path"], x, y)
+        correct[i] = onnx_correct(r["path"], tx, ty)
+        r["top1"] = float(correct[i].mean())  # held-out test: the reported figure
         r["file_mb"] = round(Path(r["path"]).stat().st_size / 1e6, 4)
-    for r in rows:
-        r["acc_change_pts"] = round((r["top1"] - rows[0]["top1"]) * 100.0, 3)
+    for i, r in enumerate(rows):
+        change, se = paired_change(correct[i], correct[0])
+        r["acc_change_pts"], r["acc_change_se"] = round(change, 3), round(se, 3)
         r["size_ratio"] = round(r["file_mb"] / rows[0]["file_mb"], 3)
     print(f"timing {len(rows)} models, {settings['rounds']} rounds each ...", flush=True)
     for r in rows:
@@ -222,16 +231,20 @@ def main() -> int:
                   settings={**settings, "prune_ratio": args.ratio, "kd": KD,
                             "channel_multiple": profile.channel_multiple,
                             "lr": space.distillation.lr, "batch_size": space.distillation.batch_size,
-                            "eval_images": len(y), "seed": args.seed, "torch_threads": torch.get_num_threads()},
+                            "val_images": len(y), "test_images": len(ty), "seed": args.seed,
+                            "torch_threads": torch.get_num_threads()},
                   teacher={"top1": rows[0]["top1"], **{k: info.get(k) for k in ("params", "macs")}}, models=rows,
                   search_cost=search_cost)
     print()
-    table([[r["name"], f"{r['top1'] * 100:.2f}%", f"{r['acc_change_pts']:+.2f}",
+    table([[r["name"], f"{r['val_top1'] * 100:.2f}%", f"{r['top1'] * 100:.2f}%",
+            f"{r['acc_change_pts']:+.2f} ± {r['acc_change_se']:.2f}",
             fmt(r.get("p50_ms") and r["p50_ms"] * 1000, ".1f"), fmt(r.get("speedup"), ".2f") + "x",
             fmt(r.get("memory_total_mb"), ".1f"), f"{r['file_mb']:.3f}", fmt(r.get("train_seconds"), ".1f")]
            for r in rows],
-          ["model", "top-1", "change (pts)", "p50 (us)", "speedup", "peak MB", "file MB", "train s"])
-    print(f"change: top-1 points vs the fp32 teacher; speedup: same-round p50 ratio to it, "
+          ["model", "val top-1", "test top-1", "test change (pts)", "p50 (us)", "speedup", "peak MB", "file MB",
+           "train s"])
+    print(f"test change: held-out top-1 points vs the fp32 teacher on the same images, ± paired standard error; "
+          f"speedup: same-round p50 ratio to it, "
           f"{settings['rounds']} fresh-process rounds; peak MB includes ONNX Runtime's fixed overhead")
     if search_cost:
         print(f"study {args.study}'s whole search: {search_cost['complete_trials']} trials, "
@@ -240,8 +253,9 @@ def main() -> int:
     if checked:
         print("\nexport --verify of the front (recorded in the study -> re-measured now):")
         table([[r["name"], "pass" if r["verify"]["passed"] else "FAIL",
-                *(_delta(r["verify"]["metrics"].get(k)) for k in ("accuracy", "latency_ms", "memory_mb"))]
-               for r in checked], ["model", "verify", "top-1", "latency ms", "memory MB"])
+                *(_delta(r["verify"]["metrics"].get(k))
+                  for k in ("val_accuracy", "test_accuracy", "latency_ms", "memory_mb"))]
+               for r in checked], ["model", "verify", "val top-1", "test top-1", "latency ms", "memory MB"])
     for r in rows:
         if r.get("error"):
             print(f"timing failed for {r['name']}: {r['error']}")
