@@ -86,6 +86,13 @@ def _print_table(view, df, *, every: bool) -> None:
     (console if console.is_terminal else Console(width=250)).print(table)
     if not len(df):
         print("no feasible trial on the front yet (see --all for every trial)")
+    elif not view.has_test:
+        print("note: this task has no test split: accuracy is the selection set's (val), not a held-out estimate")
+    else:
+        t = view.teacher_test.get("accuracy")
+        print("accuracy/acc_change: val, which selected the front; test_*: held-out test split, scored once per "
+              "front point" + (f" (teacher {t:.2%})" if t is not None else "") + "; test_se: paired standard error "
+              "of test_change; within noise: |test_change| <= 2 test_se")
 
 
 def print_front(result) -> None:
