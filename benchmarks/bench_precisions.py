@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from _common import REPO, cli, fmt, header, mode_args, shown, table, write_json
 
+from search.compress.bits import BITS_TO_PRECISION
+from search.compress.bits import VALID_BITS as BITS
+
 ROUNDS = {"quick": (5, 300), "full": (15, 1000)}
-BITS = (32, 16, 8, 4)
 LAYERS = ("l1", "l2", "l3")
 MIXED = {"16 between 8s": {"l1": 8, "l2": 16, "l3": 8}, "32 between 8s": {"l1": 8, "l2": 32, "l3": 8}}
 OTHER_LEVELS = ("extended", "basic", "disable")
@@ -99,7 +101,6 @@ def main() -> int:
     import torch
 
     from search.compress import compare, export_onnx, quantize, runs_as
-    from search.compress.runs import EXPECTED_KERNEL
     from search.config import load_profile
 
     torch.set_num_threads(1)
@@ -160,7 +161,7 @@ def main() -> int:
             summary[op][str(b)] = {"runs_as": kernels[0] if len(kernels) == 1 else kernels,
                                    "as_requested": not any(v["differs"] for v in c["compare"].values()),
                                    "speedup": c["speedup"], "p50_ms": c["p50_ms"]}
-        honoured[op] = [EXPECTED_KERNEL[b] for b in BITS if summary[op][str(b)]["as_requested"]]
+        honoured[op] = [BITS_TO_PRECISION[b] for b in BITS if summary[op][str(b)]["as_requested"]]
     neighbours = {op: {name: {k: v["runs_as"] for k, v in c["compare"].items()}
                        for c in cases if c["op"] == op and (name := c["name"]) in MIXED} for op in refs}
     result.update(profile=profile.name, threads=threads, graph_optimization=level, batch=1, rounds=rounds,

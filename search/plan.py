@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from search.compress.bits import VALID_BITS
 from search.errors import UserError
 
 if TYPE_CHECKING:  # torch stays lazy: plans are built and read by the CLI too
     from torch import nn
 
-VALID_BITS = (32, 16, 8, 4)
 _MAX_LISTED = 40
 
 
@@ -55,7 +55,8 @@ class Plan:
                 raise UserError(f"plan: prune ratio of layer '{layer}' must lie in [0, 1), got {ratio}")
         for layer, b in self.bits.items():
             if b not in VALID_BITS:
-                raise UserError(f"plan: bits of layer '{layer}' must be one of 32, 16, 8, 4, got {b}")
+                allowed = ", ".join(map(str, VALID_BITS))
+                raise UserError(f"plan: bits of layer '{layer}' must be one of {allowed}, got {b}")
 
     def _key(self) -> tuple:
         return (self.temperature, self.alpha, tuple(self.prune.items()), tuple(self.bits.items()), self.seed)

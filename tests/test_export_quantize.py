@@ -193,6 +193,7 @@ def test_skips_layers_without_weights_and_other_calibration_methods(tmp_path):
         quantize(path, tmp_path / "bad.onnx", {"stem.conv": 2}, cal)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
 def test_a_layer_ort_cannot_quantize_is_a_short_trial_failure(teacher_onnx, tmp_path, bad):
     # ONNX Runtime's quantizer cannot compute a scale for a non-finite activation range (its own
     # "scale issue" assertion): the trial fails with a reason instead of crashing the study.

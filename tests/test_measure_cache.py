@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from search.config.profile import DeviceProfile
 from search.measure.cache import MeasurementCache, structure_key
-from search.measure.record import LatencyStats, Measurement
+from search.measure.record import Baselines, LatencyStats, Measurement
 
 PROFILE = DeviceProfile(name="cache-test")
 OTHER_PROFILE = DeviceProfile(name="cache-test", runtime={"threads": 2})
@@ -109,14 +109,25 @@ def test_failures_are_not_cached():
     assert len(backend.calls) == 2
 
 
-def test_cache_owns_the_drift_baseline_across_instances(tmp_path):
+def test_records_keep_the_backends_drift_anchor_across_instances(tmp_path):
+    """The backend owns the drift anchor (a study hands every worker's backend the same one); the cache keeps
+    each record as the backend anchored it, so a hit in a later worker corrects against that anchor too."""
     m = models()
-    first = MeasurementCache(tmp_path).measure(m["fp32"], PROFILE, CountingBackend(),
-                                               reference_path=m["fp32"])
-    assert first.reference_baseline == first.reference
-    # A later worker on the same folder measures another structure: its reference figures differ, but the
-    # baseline stays the first one, so the two corrected latencies are comparable.
-    later = MeasurementCache(tmp_path).measure(m["fp32_narrow"], PROFILE, CountingBackend(),
-                                               reference_path=m["fp32"])
-    assert later.reference_baseline == first.reference_baseline
-    assert later.corrected("p50") == later.ratio("p50") * first.reference.p50_ms
+    anchor = LatencyStats(p50_ms=5.0, p90_ms=6.0, mean_ms=5.5, cv=0.01, runs=10)
+
+    class Anchored(CountingBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.baselines = Baselines(anchor)
+
+        def measure(self, onnx_path, reference_path=None):
+            rec = super().measure(onnx_path, reference_path)
+            return rec.finalize(baseline=self.baselines.get("ref", rec), memory_budget_mb=None)
+
+    first = MeasurementCache(tmp_path).measure(m["fp32"], PROFILE, Anchored(), reference_path=m["fp32"])
+    assert first.reference_baseline == anchor != first.reference
+    assert first.corrected("p50") == first.ratio("p50") * anchor.p50_ms
+    backend = Anchored()  # a later worker on the same folder: the same structure is a hit, same anchor
+    assert MeasurementCache(tmp_path).measure(m["fp32_other_weights"], PROFILE, backend,
+                                              reference_path=m["fp32"]) == first
+    assert backend.calls == []

@@ -2,48 +2,51 @@
 
 Pipeline: `prune` (a new, smaller model) -> `distill` (fine-tune it in place) -> `export_onnx`
 -> `quantize` (per-layer bit-widths on the ONNX graph, mapped with `layer_node_map`).
+
+Names load lazily, so that light modules (config, plan) can import `search.compress.bits` without
+loading torch. The modules are named for the stage (pruning, distillation, quantization), not for the
+function, so a loaded module never shadows the function of the same name. The loader is written out
+here rather than taken from search.utils: this package depends on nothing in search but errors.
 """
 
-from search.compress.distill import DistillResult, distill, evaluate, kd_loss, teacher_logits
-from search.compress.export import INPUT_NAME, OUTPUT_NAME, check_export, export_onnx
-from search.compress.onnx_names import layer_node_map, quantizable_layers, weighted_nodes
-from search.compress.prune import (
-    PruneResult,
-    expected_channels,
-    expected_heads,
-    layer_blocks,
-    prunable_layers,
-    prune,
-    prune_groups,
-)
-from search.compress.qdq_graph import node_precisions
-from search.compress.quantize import QuantizeResult, quantize
-from search.compress.runs import LayerRun, compare, runs_as
+from __future__ import annotations
 
-__all__ = [
-    "INPUT_NAME",
-    "OUTPUT_NAME",
-    "DistillResult",
-    "LayerRun",
-    "PruneResult",
-    "QuantizeResult",
-    "check_export",
-    "compare",
-    "distill",
-    "evaluate",
-    "expected_channels",
-    "expected_heads",
-    "export_onnx",
-    "kd_loss",
-    "layer_blocks",
-    "layer_node_map",
-    "node_precisions",
-    "prunable_layers",
-    "prune",
-    "prune_groups",
-    "quantizable_layers",
-    "quantize",
-    "runs_as",
-    "teacher_logits",
-    "weighted_nodes",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DistillResult": "distillation",
+    "distill": "distillation",
+    "evaluate": "distillation",
+    "kd_loss": "distillation",
+    "teacher_logits": "distillation",
+    "INPUT_NAME": "export",
+    "OUTPUT_NAME": "export",
+    "check_export": "export",
+    "export_onnx": "export",
+    "layer_node_map": "onnx_names",
+    "quantizable_layers": "onnx_names",
+    "weighted_nodes": "onnx_names",
+    "PruneResult": "pruning",
+    "expected_channels": "pruning",
+    "expected_heads": "pruning",
+    "prune": "pruning",
+    "layer_blocks": "prune_graph",
+    "prunable_layers": "prune_graph",
+    "prune_groups": "prune_graph",
+    "node_precisions": "qdq_graph",
+    "QuantizeResult": "quantization",
+    "quantize": "quantization",
+    "LayerRun": "runs",
+    "compare": "runs",
+    "runs_as": "runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -39,14 +39,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from search.compress.bits import BITS_TO_PRECISION
 from search.compress.onnx_names import weighted_nodes
 
 # Kernel classes, best to worst: an integer kernel, a float kernel on weights dequantized at run
 # time (quantized storage, float compute and a dequantization per call), a plain float kernel.
 KERNELS = ("int4", "int8", "int16", "float-dequant", "fp32")
 UNKNOWN = "unknown"
-# What each plan bit-width asks to run (the profile's precision names).
-EXPECTED_KERNEL: dict[int, str] = {32: "fp32", 16: "int16", 8: "int8", 4: "int4"}
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
               "all": "ORT_ENABLE_ALL"}
@@ -145,7 +144,7 @@ def compare(requested: Mapping[str, int], runs: Mapping[str, LayerRun]) -> dict[
     for layer in [*runs, *(k for k in requested if k not in runs)]:
         bits = int(requested.get(layer, 32))
         kernel = runs[layer].kernel if layer in runs else UNKNOWN
-        out[layer] = {"requested": bits, "runs_as": kernel, "differs": kernel != EXPECTED_KERNEL.get(bits)}
+        out[layer] = {"requested": bits, "runs_as": kernel, "differs": kernel != BITS_TO_PRECISION.get(bits)}
     return out
 
 

@@ -1,11 +1,10 @@
 """Validated configuration: device profiles and search spaces."""
 
 from search.config.loader import load_model, read_yaml_mapping
-from search.config.profile import BITS_TO_PRECISION, Budgets, DeviceProfile, Measure, Runtime, load_profile
+from search.config.profile import Budgets, DeviceProfile, Measure, Runtime, load_profile
 from search.config.space import SearchSpace, TrainBudget, load_space
 
 __all__ = [
-    "BITS_TO_PRECISION",
     "Budgets",
     "DeviceProfile",
     "Measure",

@@ -9,9 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from search.compress.bits import BITS_TO_PRECISION, Precision
 from search.config.loader import load_model
 
-Precision = Literal["fp32", "int16", "int8", "int4"]
 # The op types a per-layer bit-width applies to (a layer's Conv/Gemm/MatMul nodes in the ONNX graph).
 OpType = Literal["Conv", "Gemm", "MatMul"]
 OP_TYPES: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
@@ -24,9 +24,6 @@ Precisions = Annotated[
                 Tag("<per op type>")],
     Discriminator(lambda v: "<per op type>" if isinstance(v, dict) else "<list>"),
 ]
-
-# Plan bit-widths and the profile precision each one needs.
-BITS_TO_PRECISION: dict[int, str] = {32: "fp32", 16: "int16", 8: "int8", 4: "int4"}
 
 
 class _Strict(BaseModel):

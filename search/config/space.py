@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from search.compress.bits import BITS_TO_PRECISION, Bits
 from search.config.loader import load_model
-from search.config.profile import BITS_TO_PRECISION, DeviceProfile
+from search.config.profile import DeviceProfile
 from search.errors import ConfigError
 
 
@@ -81,7 +82,7 @@ class Calibration(_Strict):
 
 
 class Quantization(_Strict):
-    bits: tuple[Literal[32, 16, 8, 4], ...] = Field((32, 8), min_length=1)
+    bits: tuple[Bits, ...] = Field((32, 8), min_length=1)
     # layer: one bit-width per quantizable layer; block: one per block (fewer dimensions, and no
     # Quantize/Dequantize pair between the layers of a block).
     granularity: Literal["layer", "block"] = "layer"

@@ -8,11 +8,9 @@ value: they are shapes and axes (Reshape targets, Slice bounds) and do change th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 from search.config.profile import DeviceProfile
 from search.errors import TrialFailure
 from search.measure import Backend
-from search.measure.record import LatencyStats, Measurement
+from search.measure.record import Measurement
+from search.utils.atomic import atomic_write_text
 
 KEY_VERSION = "1"
 _SMALL_INT64 = 64  # elements: above this an int64 tensor is data (e.g. embedding ids), not a shape
@@ -111,19 +110,13 @@ def _attr_value(a: Any) -> Any:
 
 
 class MeasurementCache:
-    """In-memory cache of measurements, optionally persisted as one JSON file per key under `directory`.
-
-    The cache also owns the drift baseline: the first reference figures it sees for a (profile, reference
-    structure) become the baseline of every record it returns, hits included, so corrected latencies of one
-    study stay comparable even across worker restarts that share the folder.
-    """
+    """In-memory cache of measurements, optionally persisted as one JSON file per key under `directory`."""
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._memory: dict[str, Measurement] = {}
-        self._baselines: dict[str, LatencyStats] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -155,9 +148,11 @@ class MeasurementCache:
 
     def measure(self, onnx_path: str | os.PathLike, profile: DeviceProfile, backend: Backend,
                 reference_path: str | os.PathLike | None = None) -> Measurement:
-        """The cached measurement of this structure on this profile, or a new one (failures not cached)."""
-        ref = structure_key(reference_path) if reference_path is not None else "-"
-        key = _digest(KEY_VERSION, structure_key(onnx_path), profile.digest(), ref)
+        """The cached measurement of this structure on this profile, or a new one (failures not cached).
+
+        A record is kept as the backend returned it, drift anchor included: the backend owns the anchor
+        (search.measure.record.Baselines), and a study gives every backend of its workers the same one."""
+        key = self.key(onnx_path, profile, reference_path)
         found = self.get(key)
         with self._lock:
             self.hits += found is not None
@@ -165,23 +160,7 @@ class MeasurementCache:
         if found is None:
             found = backend.measure(onnx_path, reference_path)
             self.put(key, found)
-        if found.reference is None:
-            return found
-        base = self._baseline(_digest("baseline", profile.digest(), ref),
-                              found.reference_baseline or found.reference)
-        return dataclasses.replace(found, reference_baseline=base)
-
-    def _baseline(self, key: str, first: LatencyStats) -> LatencyStats:
-        with self._lock:
-            if key not in self._baselines:
-                text = self._read(key)
-                try:
-                    self._baselines[key] = LatencyStats(**json.loads(text)) if text else first
-                except (ValueError, TypeError):
-                    self._baselines[key] = first
-                if not text:
-                    self._write(key, json.dumps(dataclasses.asdict(first)))
-            return self._baselines[key]
+        return found
 
     def _read(self, key: str) -> str | None:
         if self.directory is None:
@@ -192,17 +171,8 @@ class MeasurementCache:
             return None
 
     def _write(self, key: str, text: str) -> None:
-        if self.directory is None:
-            return
-        # Atomic: a reader (another worker) sees the old file or the whole new one, never half of it.
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, self.directory / f"{key}.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if self.directory is not None:  # atomic: another worker reads the old entry or the whole new one
+            atomic_write_text(self.directory / f"{key}.json", text)
 
 
 def _digest(*parts: str) -> str:

@@ -34,10 +34,6 @@ def memory_limit_mb(budget_mb: float | None) -> float | None:
     return min(limit, cap) if cap else limit
 
 
-def file_digest(path: Path) -> str:
-    return sha256_file(path)
-
-
 def existing(path: str | os.PathLike, what: str) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -91,6 +87,6 @@ class LocalBackend:
         except runner.RoundError as e:
             raise TrialFailure(f"measuring {path.name}: {e}", kind=e.kind) from None
         record = Measurement.from_dict(raw)
-        baseline = self.baselines.get(file_digest(ref), record) if ref else None
+        baseline = self.baselines.get(sha256_file(ref), record) if ref else None
         return record.finalize(baseline=baseline, memory_budget_mb=self.profile.budgets.memory_mb,
                                backend="local")

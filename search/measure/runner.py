@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 RUNNER_VERSION = "1"
-PROBE_RUNS = 20  # inferences in the memory probe (FACTS: enough to reach the arena's steady peak)
+# Inferences in the memory probe: enough to reach the arena's steady peak (export --verify re-measures
+# front points within 0.25% of their recorded memory: benchmarks/results/techniques.json, "verify").
+PROBE_RUNS = 20
 _ALLOC_MARKERS = ("failed to allocate", "bad_alloc", "memoryerror", "cannot allocate", "out of memory")
 
 
@@ -255,7 +257,8 @@ def _child(spec: dict) -> dict:
     opts.intra_op_num_threads = spec["threads"]
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.enable_cpu_mem_arena = True  # FACTS: arena off makes peak memory unusable noise
+    # With the arena off, peak memory was unusable noise (seen when this was written; no benchmark re-checks it).
+    opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = True
     level = _OPT_LEVELS[spec["graph_optimization"]]
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
@@ -298,8 +301,9 @@ def _child(spec: dict) -> dict:
     source: str | bytes = spec["model"] if spec["model"] is not None else tiny_model()
     out: dict = {"ok": True, "ort_version": ort.__version__}
     if spec.get("memory_batch"):
-        # Memory first, in a process that has loaded no other model (FACTS: peak-RSS method). The input
-        # belongs to the application, not the model: its bytes are subtracted.
+        # Memory first, in a process that has loaded no other model: peak-RSS growth (ORT's own share is
+        # "ort_overhead_mb" in benchmarks/results/measure.json). The input belongs to the application, not
+        # the model: its bytes are subtracted.
         reset = _reset_peak()
         before = _status_kb("VmRSS") if reset else _maxrss_kb()
         sess = session(source, "model")

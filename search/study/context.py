@@ -19,6 +19,11 @@ from search.tasks.arrays import inputs_digest
 from search.utils.atomic import atomic_write_bytes
 
 
+def example_input(task: Task) -> torch.Tensor:
+    """The fixed batch-1 input that traces the teacher's dependency graph for pruning (same in every study)."""
+    return torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
+
+
 def teacher_fingerprint(teacher: torch.nn.Module, train) -> str:
     """Key of the logits cache: the teacher's weights and the content of the training inputs."""
     h = hashlib.sha256(inputs_digest(train).encode())
@@ -70,8 +75,6 @@ class Context:
 
     @property
     def example(self) -> torch.Tensor:
-        from search.study.setup import example_input
-
         return example_input(self.task)
 
     def teacher_logits(self) -> torch.Tensor:

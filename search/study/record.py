@@ -63,6 +63,15 @@ ACCURACY_CONSTRAINTS = (C_MIN_ACCURACY, C_MAX_DROP)
 BASELINES: tuple[str, ...] = ("teacher-fp32", "teacher-int8", "prune50-kd-fp32", "prune50-kd-int8")
 
 
+def drift_anchor(study_attrs: dict) -> Any:
+    """The study's drift anchor (S_REFERENCE_BASELINE) as LatencyStats, None before the first measurement.
+    Every worker's backend and `export --verify` correct latency against this one value."""
+    from search.measure.record import LatencyStats
+
+    stored = study_attrs.get(S_REFERENCE_BASELINE)
+    return LatencyStats(**stored) if stored else None
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """A typed view of one Optuna FrozenTrial as the search wrote it."""

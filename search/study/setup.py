@@ -10,7 +10,7 @@ import optuna
 
 from search.config import DeviceProfile, SearchSpace
 from search.errors import UserError
-from search.study.context import Context
+from search.study.context import Context, example_input
 from search.study.record import (
     S_INPUT,
     S_LAYERS,
@@ -24,19 +24,14 @@ from search.study.record import (
     S_SPACE_FILE,
     S_TASK,
     S_TEACHER,
+    drift_anchor,
 )
 from search.study.sampling import SearchLayers
 from search.tasks import Task
 from search.tasks.arrays import calibration_sample, dataset_arrays
+from search.utils.atomic import atomic_path
 
 REFERENCE_NAME = "reference.onnx"
-
-
-def example_input(task: Task):
-    """The fixed batch-1 input that traces the teacher's dependency graph for pruning (same in every study)."""
-    import torch
-
-    return torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
@@ -85,17 +80,14 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
     study_dir.mkdir(parents=True, exist_ok=True)
     reference = study_dir / REFERENCE_NAME
     if not reference.is_file():
-        tmp = study_dir / f".{REFERENCE_NAME}.{id(study)}.tmp"
-        export_onnx(task.teacher, task.input_shape, tmp)
-        tmp.replace(reference)
+        with atomic_path(reference) as tmp:
+            export_onnx(task.teacher, task.input_shape, tmp)
     attrs = study.user_attrs
     layers = SearchLayers.from_dict(attrs[S_LAYERS]) if S_LAYERS in attrs else search_layers(task, reference, space)
     val_x, val_y = dataset_arrays(task.val)
     cache = MeasurementCache(study_dir / "measure-cache")
-    from search.measure.record import LatencyStats
-
-    stored = attrs.get(S_REFERENCE_BASELINE)  # every worker and resume corrects drift against one anchor
-    backend = get_backend(profile, reference_baseline=LatencyStats(**stored) if stored else None)
+    # Every worker and resume corrects drift against the study's one anchor (the backend applies it).
+    backend = get_backend(profile, reference_baseline=drift_anchor(attrs))
     ctx = Context(
         task=task, space=space, profile=profile, study_dir=study_dir, reference_onnx=reference, layers=layers,
         bits=space.bits_for(profile, source=space_file), teacher_metrics=attrs.get(S_TEACHER, {}),
@@ -104,7 +96,8 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
         logits_dir=study_dir.parent / "teachers", threads=threads,
     )
     if S_TEACHER not in attrs:
-        m = ctx.measure(reference)
+        m = ctx.measure(reference)  # the first measurement: its anchor becomes the study's
+        ctx.backend = get_backend(profile, reference_baseline=m.reference_baseline)
         import torch_pruning as tp
 
         with torch.no_grad():
@@ -121,8 +114,8 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
             S_PROFILE_DIGEST: profile.digest(), S_SEED: seed, S_LAYERS: layers.to_dict(),
             S_INPUT: {"shape": list(task.input_shape), "num_classes": task.num_classes,
                       "class_names": list(task.class_names), **dataclasses.asdict(task.input_spec)},
-            S_REFERENCE_ONNX: REFERENCE_NAME, S_REFERENCE_BASELINE: m.reference_baseline.__dict__
-            if m.reference_baseline else None, S_TEACHER: ctx.teacher_metrics,
+            S_REFERENCE_ONNX: REFERENCE_NAME, S_TEACHER: ctx.teacher_metrics,
+            S_REFERENCE_BASELINE: dataclasses.asdict(m.reference_baseline) if m.reference_baseline else None,
         }.items():
             study.set_user_attr(key, value)
     return ctx

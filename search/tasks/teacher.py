@@ -106,17 +106,13 @@ def _key(name: str, spec: dict, recipe: dict, data_fp: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def load_cached(weights: Path, meta_path: Path, spec: EdgeNetSpec) -> tuple[EdgeNet, dict] | None:
     """The cached teacher, or None when absent; a corrupt cache is reported and ignored."""
     if not weights.exists() and not meta_path.exists():
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        if meta.get("sha256") != _sha256(weights):
+        if meta.get("sha256") != sha256_file(weights):
             raise ValueError("checksum mismatch (half-written or modified file)")
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model = EdgeNet(spec)
@@ -185,7 +181,7 @@ def get_teacher(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[st
     torch.save(model.state_dict(), buf)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(weights, buf.getvalue())
-    meta = {"task": name, "key": key, "sha256": _sha256(weights), "params": int(params), "macs": int(macs),
+    meta = {"task": name, "key": key, "sha256": sha256_file(weights), "params": int(params), "macs": int(macs),
             "recipe": asdict(recipe), "spec": spec.to_dict(), "data": data_fp, "created": time.time(), **stats}
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return model, meta

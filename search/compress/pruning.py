@@ -3,7 +3,7 @@
 Coupled layers (a residual stream, expand -> depthwise, q/k/v of one attention) share one set of
 channels, so they form one torch-pruning *group* and get one width. The ratio of the group's first
 layer in model order that the caller names decides it; the others are reported in
-`PruneResult.coupled` (`prune_groups` lists the groups, so a search can sample one ratio each).
+`PruneResult.coupled` (`search.compress.prune_graph.prune_groups` lists the groups).
 Channel counts are floored to a multiple of `channel_multiple` (fast kernels want round widths)
 but never below one multiple; see `expected_channels`. For the q/k/v projections of an attention
 module with an int `num_heads`, the ratio removes whole heads (`expected_heads`) and the module's
@@ -25,8 +25,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from search.compress.prune_graph import WEIGHT_TYPES, ChannelGraph, classify
+
 Importance = Literal["l1", "l2", "taylor", "lamp"]
-WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -75,146 +76,6 @@ def expected_heads(num_heads: int, ratio: float) -> int:
     return max(1, min(num_heads, int(num_heads * (1.0 - ratio) + 1e-9)))
 
 
-def _quiet_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    # torch-pruning warns about unwrapped parameters (positional embeddings) on every build: it
-    # prunes their last dim, which is what we want for a token embedding.
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
-
-
-class _Graph:
-    """The dependency graph of one model copy, with module names and group bookkeeping."""
-
-    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
-        # torch-pruning traces the autograd graph: frozen parameters (a task's teacher is frozen)
-        # would leave every layer untraced and silently unprunable. The copy trains anyway.
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model
-        self.dg = _quiet_graph(model, example_input)
-        self.names = {m: n for n, m in model.named_modules() if n}
-        self.modules = {n: m for m, n in self.names.items()}
-        self.order = {n: i for i, n in enumerate(self.modules)}
-        self.weight_layers = [n for n, m in self.modules.items() if isinstance(m, WEIGHT_TYPES)]
-
-    def out_group(self, name: str):
-        m = self.modules[name]
-        fn = self.dg.get_pruner_of_module(m).prune_out_channels
-        return self.dg.get_pruning_group(m, fn, [0])
-
-    def group_layers(self, group) -> list[str]:
-        """Conv/Linear layers whose output channels this group removes, in model order."""
-        out = {self.names[d.target.module] for d, _ in group
-               if self.dg.is_out_channel_pruning_fn(d.handler) and d.target.module in self.names
-               and isinstance(d.target.module, WEIGHT_TYPES)}
-        return sorted(out, key=self.order.__getitem__)
-
-    def reaches_output(self, group) -> bool:
-        """True when these channels are the model's output channels (the classifier's classes)."""
-        for dep, _ in group:
-            node = dep.target
-            if not node.outputs and self.dg.is_out_channel_pruning_fn(dep.handler):
-                return True
-        return False
-
-    def attention_groups(self) -> dict[str, tuple[int, list[str]]]:
-        """Modules with an int `num_heads` whose child Linears are coupled q/k/v projections."""
-        found = {}
-        for name, m in self.modules.items():
-            heads = getattr(m, "num_heads", None)
-            if not isinstance(heads, int) or heads < 2 or isinstance(m, nn.MultiheadAttention):
-                continue
-            kids = [f"{name}.{n}" for n, c in m.named_children() if isinstance(c, nn.Linear)]
-            best: list[str] = []
-            for kid in kids:
-                members = [k for k in self.group_layers(self.out_group(kid)) if k in kids]
-                if len(members) > len(best):
-                    best = members
-            if len(best) >= 2 and all(self.modules[k].out_features % heads == 0 for k in best):
-                found[name] = (heads, best)
-        return found
-
-
-def _classify(g: _Graph, never_prune: Iterable[str]) -> tuple[list[str], dict[str, str]]:
-    never = set(never_prune)
-    ok, why = [], {}
-    for name in g.weight_layers:
-        m = g.modules[name]
-        if name in never:
-            why[name] = "listed in never_prune"
-            continue
-        try:
-            group = g.out_group(name)
-        except Exception as exc:  # torch-pruning cannot follow this layer's outputs
-            why[name] = f"torch-pruning cannot trace its output channels ({type(exc).__name__}: {exc})"
-            continue
-        if g.reaches_output(group):
-            why[name] = "its output channels are the model's outputs (classifier)"
-        elif g.dg.get_out_channels(m) in (None, 1):
-            why[name] = "a single output channel cannot be pruned"
-        elif any(n in never for n in g.group_layers(group)):
-            blocker = next(n for n in g.group_layers(group) if n in never)
-            why[name] = f"coupled with {blocker}, which is listed in never_prune"
-        else:
-            ok.append(name)
-    return ok, why
-
-
-def prunable_layers(model: nn.Module, example_input: torch.Tensor,
-                    never_prune: Iterable[str] = ()) -> list[str]:
-    """Conv/Linear module names whose output channels can be pruned (the classifier never).
-
-    A model torch-pruning cannot trace has none (with a warning): the search can still quantize it.
-    """
-    try:
-        g = _Graph(copy.deepcopy(model), example_input)
-    except Exception as exc:
-        warnings.warn(f"torch-pruning cannot trace the model, nothing will be pruned: {exc}", stacklevel=2)
-        return []
-    return _classify(g, never_prune)[0]
-
-
-def prune_groups(model: nn.Module, example_input: torch.Tensor,
-                 never_prune: Iterable[str] = ()) -> dict[str, list[str]]:
-    """Prunable layers grouped by shared channels: {deciding layer: [all coupled layers]}.
-
-    A search that samples one ratio per key has no dead parameters (the other members' ratios
-    would be ignored anyway).
-    """
-    g = _Graph(copy.deepcopy(model), example_input)
-    ok = _classify(g, never_prune)[0]
-    groups: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    for name in ok:
-        if name in seen:
-            continue
-        members = [n for n in g.group_layers(g.out_group(name)) if n in ok] or [name]
-        seen.update(members)
-        groups[members[0]] = members
-    return groups
-
-
-def layer_blocks(model: nn.Module, layers: Iterable[str]) -> dict[str, list[str]]:
-    """Group layers by top-level block: `blocks.2.dw.conv` -> `blocks.2`, `stem.conv` -> `stem`.
-
-    An indexed container (Sequential/ModuleList) contributes its index when the indexed child is a
-    sub-network, so each block of a stage is its own unit; a plain child is its own block.
-    """
-    modules = dict(model.named_modules())
-    blocks: dict[str, list[str]] = {}
-    for layer in layers:
-        parts = layer.split(".")
-        key = parts[0]
-        indexed = isinstance(modules.get(parts[0]), (nn.Sequential, nn.ModuleList))
-        if len(parts) > 2 and parts[1].isdigit() and indexed:
-            child = modules.get(f"{parts[0]}.{parts[1]}")
-            if child is not None and any(True for _ in child.children()):
-                key = f"{parts[0]}.{parts[1]}"
-        blocks.setdefault(key, []).append(layer)
-    return blocks
-
-
 def _importance(kind: Importance):
     if kind == "l1":
         return tp.importance.GroupMagnitudeImportance(p=1)
@@ -253,13 +114,13 @@ def prune(
     macs_before, params_before = _count(student, example_input)
     before = {n: _width(m) for n, m in student.named_modules() if isinstance(m, WEIGHT_TYPES)}
     try:
-        g = _Graph(student, example_input)
+        g = ChannelGraph(student, example_input)
     except Exception as exc:  # the whole model defeats torch-pruning's tracer: prune nothing
         reason = f"torch-pruning cannot trace the model: {type(exc).__name__}: {exc}"[:300]
         skipped = {n: reason for n, r in ratios.items() if r > 0}
         return PruneResult(student, macs_before, macs_before, params_before, params_before, dict(before), skipped,
                            channels_before=before)
-    ok, why = _classify(g, never_prune)
+    ok, why = classify(g, never_prune)
     attention = g.attention_groups()
     head_of = {q: a for a, (_, qkv) in attention.items() for q in qkv}
     skipped: dict[str, str] = {}

@@ -32,13 +32,13 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization import quantize as ort_quantize
 
+from search.compress.bits import VALID_BITS
 from search.compress.export import INPUT_NAME, _quiet, short_reason
 from search.compress.onnx_names import WEIGHTED_OPS, node_layer
 from search.compress.qdq_graph import compact as compact_graph
 from search.compress.qdq_graph import float_inputs_for_fp32, sandwiched_fp32
 from search.errors import TrialFailure
 
-VALID_BITS = (32, 16, 8, 4)
 Method = Literal["minmax", "entropy", "percentile"]
 _METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}
