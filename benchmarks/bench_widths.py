@@ -27,6 +27,9 @@ def main() -> int:
     mode_args(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--single", type=float, default=0.7, help="the ratio of the one-unit-at-a-time rows")
+    parser.add_argument("--multiples", type=int, nargs="+",
+                        help="channel multiples to compare for the uniform rows (default: the profile's), e.g. 8 16; "
+                             "int8 copies of the uniform rows are timed too at the profile's multiple")
     parser.add_argument("--task", default="fashion-mnist")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="cached teachers")
     parser.add_argument("--device", type=Path, default=REPO / "device_profiles" / "local-1core.yaml")
@@ -49,16 +52,27 @@ def main() -> int:
     example = example_input(task)
     units = list(prune_groups(task.teacher, example, never_prune=()))
     teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
-    cases = [(f"uniform {r:.0%}", dict.fromkeys(units, r)) for r in args.ratios]
-    cases += [(f"only {u} at {args.single:.0%}", {**dict.fromkeys(units, 0.0), u: args.single}) for u in units]
+    multiples = args.multiples or [profile.channel_multiple]
+    cases = [(f"uniform {r:.0%}" + (f" at multiple {m}" if args.multiples else ""), dict.fromkeys(units, r), m, False)
+             for m in multiples for r in args.ratios]
+    if args.multiples:  # int8 (static QDQ) copies at the profile's multiple: does int8 pay once pruned?
+        cases += [(f"uniform {r:.0%} at multiple {profile.channel_multiple}, int8", dict.fromkeys(units, r),
+                   profile.channel_multiple, True) for r in args.ratios]
+    cases += [(f"only {u} at {args.single:.0%}", {**dict.fromkeys(units, 0.0), u: args.single},
+               profile.channel_multiple, False) for u in units]
     rows = []
     print(f"timing {len(cases)} pruned copies, {rounds} rounds each ...", flush=True)
-    for i, (name, ratios) in enumerate(cases):
-        pr = prune(task.teacher, example, ratios, channel_multiple=profile.channel_multiple, importance="l2",
-                   never_prune=())
+    for i, (name, ratios, multiple, int8) in enumerate(cases):
+        pr = prune(task.teacher, example, ratios, channel_multiple=multiple, importance="l2", never_prune=())
         path = export_onnx(pr.model.cpu(), task.input_shape, work / f"case-{i}.onnx")
-        row = {"name": name, "ratios": ratios, "macs": pr.macs_after, "params": pr.params_after,
-               "path": shown(path)}
+        if int8:
+            from search.compress import quantizable_layers, quantize
+            from search.tasks.arrays import calibration_sample
+
+            path = quantize(path, work / f"case-{i}-int8.onnx", dict.fromkeys(quantizable_layers(path), 8),
+                            calibration_sample(task.train, 256, 0)).path
+        row = {"name": name, "ratios": ratios, "channel_multiple": multiple, "int8": int8, "macs": pr.macs_after,
+               "params": pr.params_after, "path": shown(path)}
         time_model(row, path, teacher, rounds, profile)
         rows.append(row)
     result.update(task=args.task, profile=profile.name, channel_multiple=profile.channel_multiple, rounds=rounds,
