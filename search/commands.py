@@ -1,4 +1,5 @@
-"""Foundation subcommands: `validate`, `tasks` and `dashboard` (defined with the inspection stage)."""
+"""Foundation subcommands: `validate`, `tasks`, `dashboard` (defined with the inspection stage) and
+`sensitivity` (defined with the study)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     from search.inspect.dashboard import register as register_dashboard  # parser only: no optuna import
 
     register_dashboard(sub)
+
+    from search.study.sensitivity_commands import register as register_sensitivity  # parser only: no torch
+
+    register_sensitivity(sub)
 
 
 def file_kind(path: str | Path) -> str:

@@ -1,0 +1,168 @@
+"""Allocation: per-unit pruning ratios and bit-widths that cost the least accuracy under a latency target.
+
+From a sensitivity table (`search.study.sensitivity`), every study parameter (`prune.<unit>`, `bits.<unit>`) is
+one group of a multiple-choice knapsack: it takes exactly one of its values, the teacher's (ratio 0, 32 bits:
+no cost, no saving) or a measured one (cost = its accuracy drop in points, floored at 0 so that the noise of a
+change that happened to score higher cannot pay for a real loss; saving = the latency it saved alone). The
+model is additive: predicted latency = teacher latency - the savings, never below the space's measured floor;
+predicted drop = the sum of the costs. `scipy.optimize.milp` (HiGHS) solves it exactly: first the least cost
+that meets the target, then, among plans of that cost, the fastest. A target below the floor, or beyond what
+all the savings together reach, is reported infeasible with the reason, never silently exceeded.
+
+Plans come as Optuna parameter dicts in `baseline_params`' format, ready for `study.enqueue_trial`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from search.study.sensitivity import Sensitivity
+
+DEFAULT_TARGETS: tuple[float, ...] = (0.7, 0.5, 0.4, 0.33)
+_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Option:
+    value: float
+    cost: float  # accuracy points, >= 0
+    saved_ms: float
+
+
+@dataclass(frozen=True)
+class Allocation:
+    target: float  # share of the teacher's latency
+    target_ms: float
+    feasible: bool
+    params: dict[str, float] = field(default_factory=dict)  # every parameter, teacher values included
+    predicted_latency_ms: float | None = None
+    predicted_drop: float | None = None  # accuracy points below the teacher
+    teacher_latency_ms: float = 0.0
+    teacher_accuracy: float = 0.0
+    floor_ms: float | None = None
+    reason: str = ""  # why it is infeasible
+
+    @property
+    def changes(self) -> dict[str, float]:
+        """The parameters that differ from the teacher's."""
+        return {k: v for k, v in self.params.items() if _param_kind(k) and v != _TEACHER[_param_kind(k)]}
+
+    def predicted(self) -> dict:
+        """What the additive model promises, for the seeded trial's user attributes."""
+        out = {"target": self.target, "target_ms": self.target_ms, "floor_ms": self.floor_ms,
+               "feasible": self.feasible}
+        if self.feasible:
+            out.update(latency_ms=self.predicted_latency_ms,
+                       latency_frac=self.predicted_latency_ms / self.teacher_latency_ms,
+                       accuracy_drop=self.predicted_drop,
+                       accuracy=max(0.0, self.teacher_accuracy - self.predicted_drop / 100))
+        else:
+            out["reason"] = self.reason
+        return out
+
+
+_TEACHER = {"prune": 0.0, "bits": 32}
+
+
+def _param_kind(name: str) -> str | None:
+    kind = name.split(".", 1)[0]
+    return kind if kind in _TEACHER and "." in name else None
+
+
+def options(sens: Sensitivity) -> dict[str, list[Option]]:
+    """{parameter: its options} for every parameter the study samples (values without a row are left out)."""
+    measured = {(r.param, r.value): r for r in sens.rows}
+    out: dict[str, list[Option]] = {}
+    for param, values in sens.choices.items():
+        opts = []
+        for v in values:
+            if v == _TEACHER[_param_kind(param)]:
+                opts.append(Option(v, 0.0, 0.0))
+            elif (row := measured.get((param, v))) is not None:
+                opts.append(Option(v, max(0.0, row.accuracy_drop), row.latency_saved_ms))
+        if opts:
+            out[param] = opts
+    return out
+
+
+def allocate(sens: Sensitivity, target: float, *, floor_ms: float | None = None) -> Allocation:
+    """The least-cost plan whose predicted latency is at most `target` x the teacher's (see the module
+    docstring). `floor_ms` replaces the measured floor (None: the sensitivity's own)."""
+    if not target > 0:
+        raise ValueError(f"target must be a share of the teacher's latency > 0, got {target}")
+    teacher = sens.teacher_latency_ms
+    floor = sens.floor_ms if floor_ms is None else floor_ms
+    base = Allocation(target=target, target_ms=target * teacher, feasible=False, teacher_latency_ms=teacher,
+                      teacher_accuracy=sens.teacher_accuracy, floor_ms=floor)
+    if floor is not None and base.target_ms < floor - _TOL:
+        return replace(base, reason=f"target {base.target_ms:.4g} ms ({target:g}x) is below the floor "
+                                    f"{floor:.4g} ms (the fastest plan the space allows, measured)")
+    opts = {p: _undominated(g) for p, g in options(sens).items()}
+    need = teacher - base.target_ms
+    reach = sum(max(o.saved_ms for o in group) for group in opts.values())
+    if reach < need - _TOL:
+        return replace(base, reason=f"target {base.target_ms:.4g} ms ({target:g}x) needs {need:.4g} ms saved; "
+                                    f"the single-change savings add up to {reach:.4g} ms at most")
+    chosen = _solve(list(opts.values()), need) if opts else []
+    params = {**sens.common_params, **{p: o.value for p, o in zip(opts, chosen, strict=True)}}
+    saved = sum(o.saved_ms for o in chosen)
+    latency = teacher - saved if floor is None else max(floor, teacher - saved)
+    return replace(base, feasible=True, params=params, predicted_latency_ms=latency,
+                   predicted_drop=sum(o.cost for o in chosen))
+
+
+def _undominated(group: list[Option]) -> list[Option]:
+    """The options no other option of the group beats (no more cost, no less saving, one of them strictly);
+    of equal ones the first, so the teacher's value (listed first) wins a tie and a change must pay off."""
+    out = []
+    for i, o in enumerate(group):
+        beaten = any((p.cost <= o.cost and p.saved_ms >= o.saved_ms)
+                     and (j < i or p.cost < o.cost or p.saved_ms > o.saved_ms) for j, p in enumerate(group) if j != i)
+        if not beaten:
+            out.append(o)
+    return out
+
+
+def _solve(groups: list[list[Option]], need: float) -> list[Option]:
+    """Exactly one option per group, sum(saved) >= need, least total cost; ties: most saved."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    cost = np.array([o.cost for g in groups for o in g])
+    saved = np.array([o.saved_ms for g in groups for o in g])
+    one = np.zeros((len(groups), len(cost)))
+    start = 0
+    for i, g in enumerate(groups):
+        one[i, start:start + len(g)] = 1
+        start += len(g)
+    rows = [LinearConstraint(one, 1, 1), LinearConstraint(saved[None, :], need - _TOL, np.inf)]
+    kw = dict(integrality=np.ones(len(cost)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0})
+    first = milp(cost, constraints=rows, **kw)
+    if not first.success:  # cannot happen once `reach` covers `need`: say so loudly rather than guess
+        raise RuntimeError(f"allocation solver failed: {first.message}")
+    best = float(cost @ np.round(first.x))
+    second = milp(-saved, constraints=[*rows, LinearConstraint(cost[None, :], -np.inf, best + 1e-7)], **kw)
+    x = np.round((second if second.success else first).x)
+    out, start = [], 0
+    for g in groups:
+        out.append(g[int(np.argmax(x[start:start + len(g)]))])
+        start += len(g)
+    return out
+
+
+def allocate_many(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS, *,
+                  floor_ms: float | None = None) -> list[Allocation]:
+    return [allocate(sens, t, floor_ms=floor_ms) for t in targets]
+
+
+def seeded_trials(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS, *,
+                  floor_ms: float | None = None) -> dict[str, tuple[dict, dict]]:
+    """{"sensitivity-<target>": (params, predicted)} of the feasible plans, for
+    `study.enqueue_trial(params, user_attrs={"seeded": target, "predicted": predicted})`; a plan equal to an
+    earlier target's is left out (it would be the same trial)."""
+    out: dict[str, tuple[dict, dict]] = {}
+    for a in allocate_many(sens, targets, floor_ms=floor_ms):
+        if a.feasible and all(a.params != p for p, _ in out.values()):
+            out[f"sensitivity-{a.target:g}"] = (a.params, a.predicted())
+    return out

@@ -1,0 +1,147 @@
+"""Allocation from a sensitivity table: exact (brute force agrees), within target, honest about infeasible targets."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from _sensitivity_fixtures import signal_sensitivity
+
+from search.study.allocate import allocate, allocate_many, options, seeded_trials
+from search.study.sensitivity import Sensitivity, SensitivityRow
+
+
+def _table(groups: dict[str, list[tuple[float, float, float]]], teacher_ms: float = 10.0,
+           floor_ms: float = 2.0) -> Sensitivity:
+    """A table of {param: [(value, drop points, saved ms)]}; the teacher's value (0 / 32) is added first."""
+    rows, choices = [], {}
+    for param, opts in groups.items():
+        kind, unit = param.split(".", 1)
+        choices[param] = [0.0 if kind == "prune" else 32] + [v for v, _, _ in opts]
+        for v, drop, saved in opts:
+            rows.append(SensitivityRow(unit=unit, kind=kind, value=v, layers=(unit,), accuracy=0.9 - drop / 100,
+                                       accuracy_drop=drop, latency_ms=teacher_ms - saved, latency_saved_ms=saved,
+                                       latency_saved_frac=saved / teacher_ms, memory_mb=10.0, model_mb=0.1))
+    return Sensitivity(key="k", task="t", profile="p", statistic="p50", teacher_accuracy=0.9,
+                       teacher_latency_ms=teacher_ms, teacher_model_mb=0.2, floor_ms=floor_ms, rows=tuple(rows),
+                       choices=choices, common_params={"temperature": 4.0, "alpha": 0.5}, bn_batches=0, seconds=1.0,
+                       measurements=3)
+
+
+def _brute(sens: Sensitivity, target_ms: float) -> float | None:
+    """Least summed cost of any combination meeting the target under the additive model (None: none does)."""
+    groups = list(options(sens).values())
+    best = None
+    for combo in itertools.product(*groups):
+        latency = max(sens.floor_ms, sens.teacher_latency_ms - sum(o.saved_ms for o in combo))
+        if latency <= target_ms + 1e-9:
+            cost = sum(o.cost for o in combo)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def _random_table(rng: np.random.Generator) -> Sensitivity:
+    groups = {}
+    for i in range(4):
+        ratios = [0.25, 0.5, 0.7][: int(rng.integers(1, 4))]
+        groups[f"prune.u{i}"] = [(r, float(rng.uniform(-1, 30)), float(rng.uniform(-0.5, 3))) for r in ratios]
+    for i in range(2):
+        groups[f"bits.u{i}"] = [(8, float(rng.uniform(0, 5)), float(rng.uniform(-1, 2)))]
+    return _table(groups, floor_ms=float(rng.uniform(0.5, 4)))
+
+
+def test_least_cost_plan_matches_brute_force():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(25):
+        sens = _random_table(rng)
+        for target in (0.95, 0.8, 0.6, 0.45, 0.3):
+            a = allocate(sens, target)
+            best = _brute(sens, target * sens.teacher_latency_ms)
+            assert a.feasible == (best is not None), (target, a.reason)
+            if best is None:
+                assert a.reason and not a.params
+                continue
+            checked += 1
+            assert a.predicted_drop == pytest.approx(best, abs=1e-6)
+            assert a.predicted_latency_ms <= a.target_ms + 1e-9  # the target is met under the additive model
+            # The plan's own numbers are the additive model's for the values it picked.
+            opts = options(sens)
+            picked = [next(o for o in opts[p] if o.value == a.params[p]) for p in opts]
+            assert a.predicted_drop == pytest.approx(sum(o.cost for o in picked))
+            saved = sum(o.saved_ms for o in picked)
+            assert a.predicted_latency_ms == pytest.approx(max(sens.floor_ms, sens.teacher_latency_ms - saved))
+    assert checked > 40
+
+
+def test_below_floor_or_beyond_savings_is_infeasible():
+    sens = _table({"prune.a": [(0.5, 2.0, 3.0)], "prune.b": [(0.5, 1.0, 2.0)]}, teacher_ms=10.0, floor_ms=4.0)
+    low = allocate(sens, 0.33)
+    assert not low.feasible and "below the floor 4 ms" in low.reason and low.params == {}
+    assert low.predicted() == {"target": 0.33, "target_ms": pytest.approx(3.3), "floor_ms": 4.0, "feasible": False,
+                               "reason": low.reason}
+    far = allocate(sens, 0.45)  # 4.5 ms is above the floor, but the two savings reach 5 ms at most: 5 ms
+    assert not far.feasible and "add up to 5 ms at most" in far.reason
+    edge = allocate(sens, 0.5)
+    assert edge.feasible and edge.predicted_latency_ms == pytest.approx(5.0) and edge.predicted_drop == 3.0
+    # A floor given by the caller replaces the measured one; the floor also clips the prediction.
+    assert allocate(sens, 0.33, floor_ms=1.0).feasible is False  # still beyond the savings
+    clipped = allocate(_table({"prune.a": [(0.5, 1.0, 9.0)]}, floor_ms=4.0), 0.5)
+    assert clipped.feasible and clipped.predicted_latency_ms == 4.0
+    with pytest.raises(ValueError):
+        allocate(sens, 0)
+
+
+def test_ties_and_noise_prefer_the_teacher():
+    """A value that saves nothing is never picked; a negative drop (noise) is no credit; equal cost: faster."""
+    sens = _table({"prune.a": [(0.25, -3.0, 0.0), (0.5, 0.0, 1.0)], "bits.b": [(8, 0.0, -0.5)],
+                   "prune.c": [(0.5, 4.0, 2.0)], "prune.d": [(0.5, 0.0, 0.0)]})
+    a = allocate(sens, 1.0)
+    assert a.changes == {"prune.a": 0.5}  # free speed taken, noise and slowdowns left out
+    b = allocate(sens, 0.75)
+    assert b.changes == {"prune.a": 0.5, "prune.c": 0.5} and b.predicted_drop == 4.0
+    assert b.params == {"temperature": 4.0, "alpha": 0.5, "prune.a": 0.5, "bits.b": 32, "prune.c": 0.5,
+                        "prune.d": 0.0}
+    p = b.predicted()
+    assert p["latency_ms"] == pytest.approx(7.0) and p["latency_frac"] == pytest.approx(0.7)
+    assert p["accuracy"] == pytest.approx(0.86) and p["accuracy_drop"] == 4.0
+
+
+def test_seeded_trials_drop_duplicates_and_infeasible():
+    sens = _table({"prune.a": [(0.5, 1.0, 4.0)]}, floor_ms=5.0)
+    seeds = seeded_trials(sens, (0.7, 0.6, 0.4))
+    assert list(seeds) == ["sensitivity-0.7"]  # 0.6 gives the same plan; 0.4 is below the floor
+    params, predicted = seeds["sensitivity-0.7"]
+    assert params == {"temperature": 4.0, "alpha": 0.5, "prune.a": 0.5} and predicted["latency_ms"] == 6.0
+    assert [x.feasible for x in allocate_many(sens, (0.7, 0.6, 0.4))] == [True, True, False]
+
+
+def test_plans_from_a_real_table_enqueue_as_study_parameters(digits_task):
+    """The plan's parameters are `baseline_params`' (same names, same value types), and a study that enqueues
+    them samples exactly that plan."""
+    import optuna
+
+    from search.study.sampling import baseline_params, sample_plan
+
+    ctx, sens, _ = signal_sensitivity(digits_task)
+    template = baseline_params(ctx.space, ctx.layers, ctx.bits, ctx.profile)["teacher-fp32"]
+    plans = allocate_many(sens, (1.0, 0.99, 0.5, 0.01))
+    assert not plans[-1].feasible
+    for a in (x for x in plans if x.feasible):
+        assert set(a.params) == set(template)
+        assert all(type(a.params[k]) is type(v) for k, v in template.items())
+        study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+        study.enqueue_trial(a.params, user_attrs={"seeded": a.target, "predicted": a.predicted()})
+        trial = study.ask()
+        plan = sample_plan(trial, ctx.space, ctx.layers, ctx.bits, 0, ctx.profile)
+        for param, value in a.params.items():
+            kind, _, unit = param.partition(".")
+            if kind == "prune":
+                assert all(plan.prune[la] == value for la in ctx.layers.prune_units("layer")[unit])
+            elif kind == "bits":
+                assert plan.bits[unit] == value
+        assert trial.user_attrs["predicted"]["feasible"] is True
+    # The most sensitive unit is the last one a tight plan gives up.
+    worst = max((r for r in sens.rows if r.kind == "prune"), key=lambda r: r.accuracy_drop)
+    assert all(x.params.get(worst.param) == 0.0 for x in plans[:2] if x.feasible)
