@@ -94,7 +94,8 @@ def reference(view, profile) -> tuple[float, float]:
 
 
 def score(row: dict, scratch: Path, ref) -> None:
-    from search.inspect.front import hypervolume, is_feasible
+    from search.inspect.front import hypervolume
+    from search.study.pareto import is_feasible
 
     view = open_study(row["study"], scratch)
     t_lat = float(view.teacher["latency_ms"])

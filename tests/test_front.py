@@ -13,15 +13,9 @@ from conftest import run_cli
 
 import search
 from search.inspect import compute_front, load_study
-from search.inspect.front import (
-    FRONT_COLUMNS,
-    Reference,
-    hypervolume,
-    hypervolume_history,
-    nearest_front,
-    pareto_ranks,
-)
+from search.inspect.front import FRONT_COLUMNS, Reference, hypervolume, hypervolume_history
 from search.plan import Plan
+from search.study.pareto import nearest_front, pareto_ranks
 from search.study.record import (
     OBJECTIVES,
     S_TEACHER,
@@ -159,7 +153,7 @@ def test_ranks_and_history():
 @pytest.mark.slow  # the real study
 def test_run_prints_the_same_front(real_study, capsys):
     from search.inspect.commands import print_front
-    from search.study import RunResult
+    from search.pipeline import RunResult
 
     view = load_study(real_study.name, results=real_study.results)
     print_front(RunResult(study_name=real_study.name, storage_url=f"sqlite:///{real_study.folder / 'study.db'}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from search.study.record import DIRECTIONS, T_CONSTRAINTS, T_FEASIBLE, T_REFINED_FROM, T_TRAINED
-from search.study.runner import pick_refine
+from search.study.refine import pick_refine
 
 
 def _add(st: optuna.Study, acc: float, lat: float, trained: bool = True, latency_slack: float = -1.0,

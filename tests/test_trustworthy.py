@@ -19,7 +19,6 @@ from torch.utils.data import TensorDataset
 
 from search.config import load_profile
 from search.inspect import load_study
-from search.inspect.export import download_artifact
 from search.inspect.holdout import paired_change, verdict
 from search.measure.accuracy import onnx_accuracy
 from search.study.record import S_TEST_SCORES
@@ -63,7 +62,7 @@ def test_front_points_carry_val_and_held_out_test_scores(view, digits_task):
         rec = view.record(row.trial)
         # re-scored here from the artifact: the stored figure is the exact file's test top-1
         path = Path(view.folder) / f"check-{row.trial}.onnx"
-        download_artifact(view, rec.onnx_artifact, path)
+        view.download_artifact(rec.onnx_artifact, path)
         assert onnx_accuracy(path, x, y) == row.test_accuracy
         path.unlink()
         assert row.test_change == pytest.approx((row.test_accuracy - scores["teacher"]["accuracy"]) * 100)
@@ -100,7 +99,7 @@ def test_applied_pruning_matches_the_channels_of_the_scored_file(view, tmp_path)
         pruned = rec.pruned
         assert set(pruned) == set(rec.plan["prune"])
         path = tmp_path / f"{rec.number}.onnx"
-        download_artifact(view, rec.onnx_artifact, path)
+        view.download_artifact(rec.onnx_artifact, path)
         model = onnx.load(str(path))
         for layer, e in pruned.items():
             before, after = e["channels"]

@@ -15,8 +15,8 @@ _EXPORTS = {
     "compute_front": "search.inspect.front",
     "export_trial": "search.inspect.export",
     "ExportResult": "search.inspect.export",
-    "VerifyError": "search.inspect.export",
-    "VerifyReport": "search.inspect.export",
+    "VerifyError": "search.inspect.verify",
+    "VerifyReport": "search.inspect.verify",
 }
 
 __all__ = sorted(_EXPORTS)

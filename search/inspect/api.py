@@ -1,4 +1,5 @@
-"""Open a finished (or running) study for reading: `load_study(...)` -> StudyView.
+"""Open a finished (or running) study for reading: `load_study(...)` -> StudyView, and write a study's
+outputs after a run (`write_outputs`).
 
 Layouts: `results/<study>/study.db` (SQLite, study name = folder name) with artifacts in
 `results/<study>/artifacts/`, or a storage URL (PostgreSQL, SQLite elsewhere, a JournalFile) with the
@@ -7,35 +8,22 @@ study name given and artifacts in the folder the study attribute S_ARTIFACTS nam
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError, redact_url
-from search.study.record import (
-    S_ARTIFACTS,
-    S_HAS_TEST,
-    S_PROFILE,
-    S_REFERENCE_ONNX,
-    S_SPACE,
-    S_TASK,
-    S_TEACHER,
-    S_TEST_SCORES,
-    TrialRecord,
-)
+from search.inspect.export import export_trial
+from search.inspect.holdout import score_test
+from search.inspect.report import write_report
+from search.inspect.view import StudyData
+from search.utils.atomic import atomic_write_text
 
-if TYPE_CHECKING:  # optuna/pandas load only when a study is opened
+if TYPE_CHECKING:  # optuna loads only when a study is opened
     import optuna
-    import pandas as pd
-
-    from search.config import DeviceProfile, SearchSpace
 
 DB_NAME = "study.db"
-ARTIFACTS_NAME = "artifacts"
 FRONT_CSV = "front.csv"
 REPORT_HTML = "report.html"
 
@@ -72,123 +60,21 @@ def _study_names(storage: Any) -> list[str]:
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
 
 
-@dataclass(frozen=True)
-class StudyView:
-    """Read access to one study: its front, trials, profile, space and teacher, plus export/report."""
-
-    name: str
-    study: optuna.Study
-    folder: Path  # results/<study>: reference.onnx, front.csv, report.html
-    results: Path
-    storage_url: str = ""
-
-    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
-    @functools.cached_property
-    def trials(self) -> list[TrialRecord]:
-        scores = self.attrs.get(S_TEST_SCORES) or {}
-        return [TrialRecord.from_trial(t, scores) for t in self.study.get_trials(deepcopy=False)]
-
-    @functools.cached_property
-    def all_trials(self) -> pd.DataFrame:
-        """Every trial (the front's columns plus state, on_front, fail_reason): what plots draw."""
-        from search.inspect.front import frame, front_numbers
-
-        return frame(self.trials, front_numbers(self.study), self.teacher, include_all=True)
-
-    @functools.cached_property
-    def front(self) -> pd.DataFrame:
-        from search.inspect.front import FRONT_COLUMNS
-
-        df = self.all_trials
-        front = df[df["on_front"]].sort_values(["latency_ms", "trial"], ignore_index=True)
-        return front[list(FRONT_COLUMNS)]
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return self.study.user_attrs
-
-    @functools.cached_property
-    def profile(self) -> DeviceProfile:
-        from search.config import DeviceProfile
-
-        # JSON mode: the stored dump has lists where the strict models want tuples.
-        return DeviceProfile.model_validate_json(json.dumps(self._attr(S_PROFILE)))
-
-    @functools.cached_property
-    def space(self) -> SearchSpace:
-        from search.config import SearchSpace
-
-        return SearchSpace.model_validate_json(json.dumps(self._attr(S_SPACE)))
-
-    @property
-    def teacher(self) -> dict[str, Any]:
-        return dict(self.attrs.get(S_TEACHER, {}))
-
-    @property
-    def has_test(self) -> bool:
-        """False when the task has no held-out split (its accuracies are the selection set's)."""
-        return bool(self.attrs.get(S_HAS_TEST, True))
-
-    @property
-    def teacher_test(self) -> dict[str, Any]:
-        """The teacher's held-out score ({"accuracy", "n"}), once the final scoring step ran."""
-        return dict((self.attrs.get(S_TEST_SCORES) or {}).get("teacher") or {})
-
-    @property
-    def task_spec(self) -> str:
-        return str(self._attr(S_TASK))
-
-    def _attr(self, key: str) -> Any:
-        if key not in self.attrs:
-            raise UserError(f"study '{self.name}' has no '{key}' attribute: it was not written by hwsearch run "
-                            "(or the run did not get past its setup)")
-        return self.attrs[key]
-
-    def record(self, number: int) -> TrialRecord:
-        """The trial with this number; a one-line error naming the valid range when there is none."""
-        by_number = {r.number: r for r in self.trials}
-        if number not in by_number:
-            span = f"0..{max(by_number)}" if by_number else "none: the study has no trials"
-            raise UserError(f"study '{self.name}' has no trial {number} (trials: {span})")
-        return by_number[number]
-
-    @functools.cached_property
-    def artifacts_dir(self) -> Path:
-        """The artifact store folder: results/<study>/artifacts, else the study's S_ARTIFACTS (as given,
-        then relative to the study folder)."""
-        given = self.attrs.get(S_ARTIFACTS)
-        candidates = [self.folder / ARTIFACTS_NAME]
-        if given:
-            candidates += [Path(given), self.folder / given]
-        for c in candidates:
-            if c.is_dir():
-                return c
-        raise UserError(f"study '{self.name}': artifact folder not found (looked in "
-                        f"{', '.join(str(c) for c in candidates)})")
-
-    @property
-    def reference_onnx(self) -> Path | None:
-        rel = self.attrs.get(S_REFERENCE_ONNX)
-        path = self.folder / rel if rel else None
-        return path if path is not None and path.is_file() else None
+class StudyView(StudyData):
+    """A study opened for reading (see StudyData), with what a user does with one: export a trial, write
+    the report, save the front."""
 
     def export(self, trial: int, out_dir: str | Path, verify: bool = False) -> Path:
         """Write model.onnx + manifest.json for `trial` into `out_dir`; returns the model's path.
-        With `verify`, raises search.inspect.export.VerifyError when the re-measurement disagrees."""
-        from search.inspect.export import export_trial
-
+        With `verify`, raises search.inspect.verify.VerifyError when the re-measurement disagrees."""
         return export_trial(self, trial, out_dir, verify=verify).model
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the self-contained HTML report (default results/<study>/report.html)."""
-        from search.inspect.report import write_report
-
         return write_report(self, Path(path) if path else self.folder / REPORT_HTML)
 
     def save_front(self, path: str | Path | None = None) -> Path:
         """Write the front as CSV (default results/<study>/front.csv)."""
-        from search.utils.atomic import atomic_write_text
-
         return atomic_write_text(Path(path) if path else self.folder / FRONT_CSV, self.front.to_csv(index=False))
 
 
@@ -234,8 +120,6 @@ def write_outputs(study: optuna.Study, study_dir: str | Path, task: Any | None =
     folder = Path(study_dir)
     view = StudyView(name=study.study_name, study=study, folder=folder, results=folder.parent)
     if task is not None:
-        from search.inspect.holdout import score_test
-
         try:
             score_test(view, task)
         except Exception as e:

@@ -96,7 +96,7 @@ def _print_table(view, df, *, every: bool) -> None:
 
 
 def print_front(result) -> None:
-    """The front table after `hwsearch run` (result: search.study.RunResult)."""
+    """The front table after `hwsearch run` (result: search.pipeline.RunResult)."""
     from search.inspect.api import load_study
 
     view = load_study(result.storage_url, results=Path(result.results_dir).parent, study_name=result.study_name)
@@ -111,7 +111,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from search.inspect.export import VerifyError, export_trial
+    from search.inspect.export import export_trial
+    from search.inspect.verify import VerifyError
 
     view = _open(args)
 

@@ -1,9 +1,7 @@
 """The Pareto front as one computed value: every table, CSV/JSON and plot reads this DataFrame.
 
-The front is Optuna's `study.best_trials` (non-dominated, constraint-feasible COMPLETE trials) kept
-only when the search's own feasibility record agrees (T_FEASIBLE and every constraint <= 0), so a
-trial the search judged infeasible never shows up as deployable even if its constraints were not
-handed to Optuna.
+Which trials are on the front, and what dominates what, is `search.study.pareto` (the one definition,
+shared with refinement); this module turns it into rows, and measures the front by its hypervolume.
 """
 
 from __future__ import annotations
@@ -16,7 +14,8 @@ from typing import Any
 import pandas as pd
 
 from search.plan import Plan
-from search.study.record import DIRECTIONS, OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord
+from search.study.pareto import front_numbers, is_feasible
+from search.study.record import OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord
 
 # accuracy/acc_change: the selection set (val), what every decision used. test_*: the held-out split,
 # scored once per front point at the end of a run; test_se is the standard error of the paired change.
@@ -26,11 +25,6 @@ FRONT_COLUMNS: tuple[str, ...] = (
     "refined", "feasible",
 )
 ALL_COLUMNS: tuple[str, ...] = (*FRONT_COLUMNS, "state", "on_front", "fail_reason")
-
-
-def is_feasible(record: TrialRecord) -> bool:
-    """The search's verdict: flagged feasible and every recorded constraint satisfied (<= 0)."""
-    return record.feasible and all(_num(v) <= 0 for v in record.constraints.values())
 
 
 def _num(value: Any) -> float:
@@ -94,11 +88,6 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dic
     }
 
 
-def front_numbers(study: Any) -> set[int]:
-    """Trial numbers on the front: Optuna's best trials that the search also recorded feasible."""
-    return {t.number for t in study.best_trials if is_feasible(TrialRecord.from_trial(t))}
-
-
 def frame(records: Sequence[TrialRecord], front: Iterable[int], teacher: Mapping[str, Any], *,
           include_all: bool) -> pd.DataFrame:
     """Rows for `records` (all of them, or only the front ones) in the fixed column order."""
@@ -122,34 +111,6 @@ def compute_front(study: Any, *, include_all: bool = False) -> pd.DataFrame:
     scores = study.user_attrs.get(S_TEST_SCORES) or {}
     records = [TrialRecord.from_trial(t, scores) for t in study.get_trials(deepcopy=False)]
     return frame(records, front_numbers(study), teacher, include_all=include_all)
-
-
-# ---- Pareto ranks (for "the complete trials nearest the front") ---------------------------------------
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    signs = [1.0 if d == "maximize" else -1.0 for d in DIRECTIONS]
-    better_eq = all(s * x >= s * y for s, x, y in zip(signs, a, b, strict=True))
-    return better_eq and any(s * x > s * y for s, x, y in zip(signs, a, b, strict=True))
-
-
-def pareto_ranks(records: Sequence[TrialRecord]) -> dict[int, int]:
-    """Non-dominated sorting rank (0 = front) of every COMPLETE trial with values; feasible trials
-    rank before infeasible ones, as Optuna's constrained dominance does."""
-    todo = [r for r in records if r.state == "COMPLETE" and r.values is not None]
-    ranks: dict[int, int] = {}
-    rank = 0
-    for group in ([r for r in todo if is_feasible(r)], [r for r in todo if not is_feasible(r)]):
-        while group:
-            layer = [r for r in group if not any(_dominates(o.values, r.values) for o in group if o is not r)]
-            ranks.update({r.number: rank for r in layer})
-            group = [r for r in group if r not in layer]
-            rank += 1
-    return ranks
-
-
-def nearest_front(records: Sequence[TrialRecord], limit: int = 5) -> list[int]:
-    """Up to `limit` complete trials, best Pareto rank first (ties by trial number)."""
-    ranks = pareto_ranks(records)
-    return sorted(ranks, key=lambda n: (ranks[n], n))[:limit]
 
 
 # ---- hypervolume -------------------------------------------------------------------------------------

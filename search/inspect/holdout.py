@@ -19,7 +19,7 @@ import numpy as np
 from search.study.record import S_HAS_TEST, S_TEST_SCORES
 
 if TYPE_CHECKING:
-    from search.inspect.api import StudyView
+    from search.inspect.view import StudyData
 
 NOISE_SIGMAS = 2.0
 WITHIN_NOISE, BETTER, WORSE = "within noise", "better", "worse"
@@ -39,13 +39,12 @@ def verdict(change: float, se: float) -> str:
     return BETTER if change > 0 else WORSE
 
 
-def score_test(view: StudyView, task: Any, trials: list[int] | None = None) -> dict[str, dict]:
+def score_test(view: StudyData, task: Any, trials: list[int] | None = None) -> dict[str, dict]:
     """Score the front points (or `trials`) that lack a test score, store them on the study, return all.
 
     A task without `test` marks the study so (accuracies shown are then the selection set's)."""
-    from search.inspect.export import download_artifact
-    from search.inspect.front import front_numbers
     from search.measure.accuracy import onnx_correct
+    from search.study.pareto import front_numbers
     from search.tasks.arrays import dataset_arrays
     from search.utils.files import sha256_file
 
@@ -68,7 +67,7 @@ def score_test(view: StudyView, task: Any, trials: list[int] | None = None) -> d
     with tempfile.TemporaryDirectory(prefix="hwsearch-test-") as tmp:
         for n in todo:
             path = Path(tmp) / f"trial-{n}.onnx"
-            download_artifact(view, records[n].onnx_artifact or "", path)
+            view.download_artifact(records[n].onnx_artifact or "", path)
             correct = onnx_correct(path, x, y)
             change, se = paired_change(correct, teacher)
             scores[str(n)] = {"accuracy": float(correct.mean()), "n": int(len(y)), "change": change, "se": se,

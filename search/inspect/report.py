@@ -1,6 +1,6 @@
 """The study report: ONE self-contained HTML file (plotly.js inline, no network) built from the front.
 
-Plots read `StudyView.all_trials` (the same computed value as the table, the CSV and the JSON); the
+Plots read `StudyData.all_trials` (the same computed value as the table, the CSV and the JSON); the
 plan details in the hover text come from the trial records.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from search.compress.bits import BITS_TO_PRECISION
 from search.inspect.front import Reference, hypervolume_history, reference_point
 from search.study.record import BASELINES, S_LAYERS, S_SPACE, TrialRecord
 from search.utils.atomic import atomic_write_text
@@ -21,7 +22,7 @@ from search.utils.atomic import atomic_write_text
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from search.inspect.api import StudyView
+    from search.inspect.view import StudyData
 
 PLOT_IDS = ("pareto-latency", "pareto-memory", "hypervolume", "layers")
 # One marker symbol per seeded baseline so they stand out from searched trials (all circles).
@@ -54,7 +55,7 @@ def _hover(row: pd.Series, rec: TrialRecord | None) -> str:
     return "<br>".join(parts)
 
 
-def pareto_figure(view: StudyView, x: str, xlabel: str, budget: float | None, ref: Reference) -> go.Figure:
+def pareto_figure(view: StudyData, x: str, xlabel: str, budget: float | None, ref: Reference) -> go.Figure:
     import plotly.graph_objects as go
 
     df = view.all_trials
@@ -98,7 +99,7 @@ def pareto_figure(view: StudyView, x: str, xlabel: str, budget: float | None, re
     return fig
 
 
-def hypervolume_figure(view: StudyView, ref: Reference) -> go.Figure:
+def hypervolume_figure(view: StudyData, ref: Reference) -> go.Figure:
     import plotly.graph_objects as go
 
     hv = hypervolume_history(view.trials, ref)
@@ -112,7 +113,7 @@ def hypervolume_figure(view: StudyView, ref: Reference) -> go.Figure:
     return fig
 
 
-def _layer_order(view: StudyView, plans: list[dict]) -> list[str]:
+def _layer_order(view: StudyData, plans: list[dict]) -> list[str]:
     known = view.attrs.get(S_LAYERS) or {}
     order = [*known.get("quantizable", []), *known.get("groups", {})]  # graph order first
     for p in plans:
@@ -120,7 +121,7 @@ def _layer_order(view: StudyView, plans: list[dict]) -> list[str]:
     return list(dict.fromkeys(order))
 
 
-def prune_ratio(view: StudyView, plan: dict, layer: str, applied: dict | None = None) -> float | None:
+def prune_ratio(view: StudyData, plan: dict, layer: str, applied: dict | None = None) -> float | None:
     """The share of output channels a layer lost: its own, or its group's deciding layer's (channels coupled
     to it, e.g. a depthwise conv after its expand conv, go with it); None when the layer is not prunable.
     `applied` (the trial's T_PRUNED record) gives what was removed; without it, what was asked."""
@@ -132,7 +133,7 @@ def prune_ratio(view: StudyView, plan: dict, layer: str, applied: dict | None = 
     return ratios[decider] if decider is not None else None
 
 
-def layers_figure(view: StudyView) -> go.Figure:
+def layers_figure(view: StudyData) -> go.Figure:
     """Per-layer pruning ratio and bit-width of each front point (rows fastest first, as the table);
     "-" marks a layer that cannot be pruned."""
     import plotly.graph_objects as go
@@ -173,7 +174,6 @@ def layers_figure(view: StudyView) -> go.Figure:
 
 # Kernels ONNX Runtime runs a layer with (search.compress.runs), coloured from float to 4-bit integer.
 KERNEL_CODES = {"fp32": 0, "float-dequant": 1, "int8": 2, "int4": 3}
-_BITS_KERNEL = {32: "fp32", 16: "int16", 8: "int8", 4: "int4"}
 
 
 def _runs(rec: TrialRecord, plan: dict, layer: str) -> tuple[int, str, bool]:
@@ -182,10 +182,10 @@ def _runs(rec: TrialRecord, plan: dict, layer: str) -> tuple[int, str, bool]:
     if entry:
         return int(entry["requested"]), str(entry["runs_as"]), bool(entry.get("differs"))
     b = int(plan.get("bits", {}).get(layer, 32))
-    return b, _BITS_KERNEL.get(b, str(b)), False
+    return b, BITS_TO_PRECISION.get(b, str(b)), False
 
 
-def not_applied(view: StudyView) -> pd.DataFrame:
+def not_applied(view: StudyData) -> pd.DataFrame:
     """Front points' layers where what runs differs from the plan: a requested pruning ratio that removed
     less (with its reason) or a bit-width ONNX Runtime does not run as asked."""
     records = {r.number: r for r in view.trials}
@@ -231,7 +231,7 @@ def _yaml(data: Any) -> str:
     return html.escape(yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100))
 
 
-def build_html(view: StudyView) -> str:
+def build_html(view: StudyData) -> str:
     import plotly.offline
 
     profile = view.profile
@@ -289,5 +289,5 @@ open black symbols: seeded baselines; dashed lines: the profile's budgets and th
 """
 
 
-def write_report(view: StudyView, path: Path) -> Path:
+def write_report(view: StudyData, path: Path) -> Path:
     return atomic_write_text(path, build_html(view))

@@ -16,7 +16,8 @@ import warnings
 
 import optuna
 
-from search.study.record import OBJECTIVES, S_TEACHER, T_CONSTRAINTS, T_FAIL_REASON, T_FEASIBLE, T_STAGE_SECONDS
+from search.study.pareto import front_trials, is_feasible
+from search.study.record import OBJECTIVES, S_TEACHER, T_CONSTRAINTS, T_FAIL_REASON, T_STAGE_SECONDS, TrialRecord
 from search.utils.progress import PlainLog, fmt_duration, live_terminal, make_progress
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
@@ -96,7 +97,7 @@ class TrialProgress:
             self._report_new()  # this trial's line, and any other worker's finished since the last one
             return
         try:
-            self._front = sum(1 for t in study.best_trials if t.user_attrs.get(T_FEASIBLE))
+            self._front = len(front_trials(study))
         except Exception:  # best_trials of an empty study
             self._front = 0
         self._stage = f"trial {trial.number}: {trial.state.name.lower()}"
@@ -126,7 +127,7 @@ class TrialProgress:
         if not new:
             return
         try:
-            self._front = sum(1 for t in self.study.best_trials if t.user_attrs.get(T_FEASIBLE))
+            self._front = len(front_trials(self.study))
         except Exception:
             self._front = 0
         for t in new:
@@ -155,7 +156,7 @@ class TrialProgress:
         teacher_ms = (self.study.user_attrs.get(S_TEACHER) or {}).get("latency_ms")
         speed = f"speedup {teacher_ms / latency:.2f}x" if teacher_ms and latency > 0 else "speedup ?"
         out = f"accuracy {accuracy * 100:.2f}%, {speed} ({latency:.3f} ms), "
-        if t.user_attrs.get(T_FEASIBLE):
+        if is_feasible(TrialRecord.from_trial(t)):
             return out + "feasible"
         broken = [k for k, v in (t.user_attrs.get(T_CONSTRAINTS) or {}).items() if v > 0]
         return out + f"infeasible (breaks {', '.join(broken)})" if broken else out + "infeasible"
