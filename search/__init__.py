@@ -23,7 +23,7 @@ _EXPORTS = {
     "Plan": "search.plan",
     "kd_loss": "search.compress",
     "measure": "search.measure",
-    "run": "search.study",
+    "run": "search.pipeline",
     "load_study": "search.inspect",
 }
 

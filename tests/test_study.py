@@ -9,6 +9,7 @@ import pytest
 from _study_fixtures import make_results, write_configs
 
 import search
+from search.study.pareto import front_trials
 from search.study.record import (
     BASELINES,
     S_TEACHER,
@@ -24,7 +25,8 @@ from search.study.record import (
     T_STAGE_SECONDS,
     T_TRAINED,
 )
-from search.study.runner import feasible_front
+
+pytestmark = pytest.mark.slow  # real search.run studies on digits (minutes)
 
 
 def _load(result) -> optuna.Study:
@@ -56,7 +58,7 @@ def test_every_front_point_satisfies_every_budget(study_run):
     result, folder = study_run
     st = _load(result)
     profile = search.load_profile(folder / "profile.yaml")
-    front = feasible_front(st)
+    front = front_trials(st)
     assert front and set(result.front_trials) == {t.number for t in front}
     for t in front:
         m = t.user_attrs[T_METRICS]

@@ -13,8 +13,8 @@ _EXPORTS = {
     "DIRECTIONS": "search.study.record",
     "OBJECTIVES": "search.study.record",
     "TrialRecord": "search.study.record",
-    "RunResult": "search.study.runner",
-    "run": "search.study.runner",
+    "RunSettings": "search.study.settings",
+    "run_study": "search.study.runner",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,4 @@
-"""`hwsearch run`: parse, call search.run, print where the results are."""
+"""`hwsearch run`: parse, call search.run (search.pipeline), print the front and where the results are."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.study import run
+    # The CLI layer: `hwsearch run` is the whole pipeline (search.pipeline), and it ends with the front table.
+    from search.inspect.commands import print_front
+    from search.pipeline import run
 
     try:
         result = run(args.task, args.space, args.device, args.trials, args.study, storage=args.storage,
@@ -81,12 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"study '{result.study_name}': {result.n_complete} complete, {result.n_failed} failed, "
           f"{len(result.front_trials)} feasible front points")
-    try:
-        from search.inspect.commands import print_front
-    except ImportError:
-        print(f"front trials: {', '.join(map(str, result.front_trials))}")
-    else:
-        print_front(result)
+    print_front(result)
     print(f"results: {result.results_dir}/ (storage {result.storage_url})")
     report = Path(result.results_dir) / "report.html"
     if report.is_file():
