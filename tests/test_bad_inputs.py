@@ -140,7 +140,7 @@ CASES = [
     V("space-negative-ratio", "spaces/negative_ratio.yaml", "every ratio must lie in [0, 1) (got -0.5)"),
     V("neither-profile-nor-space", "neither.yaml", "cannot tell a device profile"),
     V("space-bits-the-device-cannot-run", "spaces/int8_only.yaml",
-      "quantization.bits: 8 needs precision int8, which profile 'fp32-only' cannot run", "--device",
+      "quantization.bits: 8 needs precision int8, which profile 'fp32-only' runs for no op type", "--device",
       "{d}/device_profiles/fp32_only.yaml"),
     V("missing-device-profile", "spaces/int8_only.yaml", "absent.yaml: file not found", "--device",
       "{d}/absent.yaml"),

@@ -158,6 +158,6 @@ def test_verify_fails_on_a_slower_model_with_the_same_accuracy(real_study, tmp_p
     with pytest.raises(VerifyError) as e:
         view.export(target.number, tmp_path / "deploy", verify=True)
     rows = {r.metric: r for r in e.value.report.rows}
-    assert rows["accuracy"].ok and rows["accuracy"].measured == target.values[0]
+    assert rows["val_accuracy"].ok and rows["val_accuracy"].measured == target.values[0]
     assert not rows["latency_ms"].ok and rows["latency_ms"].measured > 3 * rows["latency_ms"].recorded
     assert "latency_ms" in str(e.value) and "DIFFERS" in str(e.value)

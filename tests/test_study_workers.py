@@ -17,6 +17,8 @@ from conftest import REPO
 from search.study.record import T_FAIL_REASON, T_WORKER
 from search.study.storage import open_storage
 
+pytestmark = pytest.mark.slow  # several worker processes running real studies
+
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
 
