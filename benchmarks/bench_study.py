@@ -82,6 +82,24 @@ def _front_rows(view) -> list[dict]:
     return rows
 
 
+def _time_commands(root: Path, study: str, front: list[dict]) -> list[dict]:
+    """What the inspection commands cost on this study, as a user runs them after it (README's timings)."""
+    fastest = min(front, key=lambda r: r["latency_ms"])["trial"] if front else 0
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = [["front", "--study", study], ["front", "--study", study, "--format", "csv"],
+                ["plot", "--study", study],
+                ["export", "--study", study, "--trial", str(fastest), "--out", tmp, "--verify"]]
+        out = []
+        for c in cmds:
+            t0 = time.monotonic()
+            r = subprocess.run([sys.executable, "-m", "search", *c], cwd=root, capture_output=True, text=True)
+            lines = (r.stdout or r.stderr).strip().splitlines()
+            out.append({"command": "hwsearch " + " ".join(c).replace(tmp, "DIR"),
+                        "seconds": round(time.monotonic() - t0, 1), "exit": r.returncode,
+                        "first_line": lines[0][:200] if lines else ""})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("preset", choices=sorted(PRESETS))
@@ -127,6 +145,9 @@ def main() -> int:
              f"{r['quant_share_runs']:.0%}", r["baseline"] or ("refined" if r["refined"] else "")]
             for r in result["front"]]
     table(rows, ["trial", "val", "test", "test change (pts)", "verdict", "speedup", "pruned", "int kernels", ""])
+    result["commands"] = _time_commands(root, preset.study, result["front"])
+    for c in result["commands"]:
+        print(f"{c['seconds']:6.1f} s  exit {c['exit']}  {c['command']}")
     write_json(out, result)
     if where is not None:
         shutil.rmtree(where, ignore_errors=True)
