@@ -237,3 +237,19 @@ def test_memory_limit_stop_is_a_complete_infeasible_trial(tmp_path):
     assert "memory limit" in t.user_attrs[T_STOPPED] and t.user_attrs[T_FEASIBLE] is False
     assert t.values[1] == math.inf and t.values[2] >= 512
     assert t.user_attrs["constraints"]["memory_mb"] > 0
+
+
+@pytest.mark.slow
+def test_front_score_test_fills_in_what_a_stopped_run_did_not_score(real_study, view, tmp_path):
+    """A run stopped before its final step has no test scores: `front --score-test` adds the same ones."""
+    from _inspect_fixtures import copy_study
+
+    study = copy_study(real_study, tmp_path / "copy")
+    copied = load_study(study.name, results=study.results)
+    before = copied.attrs[S_TEST_SCORES]
+    copied.study.set_user_attr(S_TEST_SCORES, {})
+    assert load_study(study.name, results=study.results).front.test_accuracy.isna().all()
+    r = run_cli("front", *cli_args(study), "--score-test", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    after = load_study(study.name, results=study.results).attrs[S_TEST_SCORES]
+    assert after == before and "front points scored" in r.stderr

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _study_args(p)
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     p.add_argument("--all", action="store_true", help="every trial, with state and failure reason")
+    p.add_argument("--score-test", action="store_true",
+                   help="first score the front points that lack a held-out test score (a run stopped early)")
     p.set_defaults(func=cmd_front)
 
     p = sub.add_parser("plot", help="write the study's self-contained HTML report")
@@ -55,6 +57,12 @@ def _open(args: argparse.Namespace):
 
 def cmd_front(args: argparse.Namespace) -> int:
     view = _open(args)
+    if args.score_test:
+        from search.inspect.holdout import score_test
+
+        scored = score_test(view, view.load_task())
+        print(f"test split: {len(scored) - 1 if scored else 0} front points scored", file=sys.stderr)
+        view = _open(args)  # re-read: the scores are study attributes
     df = view.all_trials if args.all else view.front
     if args.format == "csv":
         sys.stdout.write(df.to_csv(index=False))
