@@ -7,9 +7,12 @@ the memo is shared by all test files) and returns their paths by name.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +177,20 @@ def models() -> dict[str, Path]:
               location="model.data", size_threshold=0)
     out["external"] = ext / "model.onnx"
     return out
+
+
+@contextlib.contextmanager
+def agent_serving(token: str, **settings):
+    """A real agent on a free loopback port, served by a thread; stopping it must not hang."""
+    from search.measure import agent
+
+    srv = agent.make_server("127.0.0.1", 0, token, **settings)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        started = time.monotonic()
+        srv.shutdown()
+        srv.server_close()
+        assert time.monotonic() - started < 5, "shutdown() hung"

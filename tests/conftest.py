@@ -42,6 +42,21 @@ def digits_task():
     return load_task("digits", results_dir=RESULTS, progress=False)
 
 
+@pytest.fixture(scope="module")
+def real_study():
+    """The shared real study of tests/_inspect_fixtures.py (a module may define its own of the same name)."""
+    from _inspect_fixtures import real_study_once
+
+    return real_study_once()
+
+
+@pytest.fixture(scope="module")
+def view(real_study):
+    from search.inspect import load_study
+
+    return load_study(real_study.name, results=real_study.results)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _measure_fixtures import tiny
+from _measure_fixtures import agent_serving, tiny
 
 from search.errors import UserError
 from search.measure import agent
@@ -30,19 +30,8 @@ BODY = tiny().SerializeToString()
 STALL = b"POST /v1/measure HTTP/1.1\r\nHost: x\r\nAuthor"  # half a header block, then nothing
 
 
-@contextlib.contextmanager
 def serving(**kw):
-    settings = {"max_upload_mb": 2, "queue_size": 1, "read_timeout_s": 10, **kw}
-    srv = agent.make_server("127.0.0.1", 0, TOKEN, **settings)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        started = time.monotonic()
-        srv.shutdown()
-        srv.server_close()
-        assert time.monotonic() - started < 5, "shutdown() hung"
+    return agent_serving(TOKEN, **{"max_upload_mb": 2, "queue_size": 1, "read_timeout_s": 10, **kw})
 
 
 def connection_threads() -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _measure_fixtures import hang, models, tiny
+from _measure_fixtures import agent_serving, hang, models, tiny
 from conftest import REPO, terminate
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
@@ -39,18 +39,9 @@ TOKEN = "s3cret-token-for-security-tests"
 FAST = "warmup=1&repeats=5"  # each accepted measurement takes a fraction of a second
 
 
-@contextlib.contextmanager
 def serving(**kw):
     """A real agent on a free loopback port, served by a thread."""
-    settings = {"max_upload_mb": 2, "queue_size": 1, "read_timeout_s": 2, **kw}
-    srv = agent.make_server("127.0.0.1", 0, TOKEN, **settings)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    return agent_serving(TOKEN, **{"max_upload_mb": 2, "queue_size": 1, "read_timeout_s": 2, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import optuna
 import pytest
-from _inspect_fixtures import cli_args, copy_study, real_study_once
+from _inspect_fixtures import cli_args, copy_study
 from conftest import run_cli
 from onnx import helper, numpy_helper
 
@@ -23,16 +23,6 @@ from search.tasks import load_task
 from search.tasks.arrays import dataset_arrays
 
 pytestmark = pytest.mark.slow  # a real search.run study (about a minute, shared by the three files)
-
-
-@pytest.fixture(scope="module")
-def real_study():
-    return real_study_once()
-
-
-@pytest.fixture(scope="module")
-def view(real_study):
-    return load_study(real_study.name, results=real_study.results)
 
 
 def _one_line_error(r, *needles: str) -> None:

@@ -25,16 +25,6 @@ from search.study.record import S_TEST_SCORES
 from search.tasks.arrays import dataset_arrays
 
 
-@pytest.fixture(scope="module")
-def real_study():
-    return real_study_once()
-
-
-@pytest.fixture(scope="module")
-def view(real_study):
-    return load_study(real_study.name, results=real_study.results)
-
-
 def _weight_out_channels(model: onnx.ModelProto, node_name: str) -> int:
     """Output channels of a Conv/Gemm node, read from its weight (through a DequantizeLinear if quantized)."""
     g = model.graph
