@@ -280,3 +280,16 @@ def test_limit_settings_are_checked_and_reach_the_cli(tmp_path):
         proc.terminate()
         proc.wait(20)
         proc.stderr.close()
+
+
+def test_hwsearch_agent_takes_the_limit_flags(tmp_path):
+    """`hwsearch agent` passes the limits through: a cap below the queue is refused in one line, exit 2."""
+    from conftest import run_cli
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    r = run_cli("agent", "--token-file", str(token), "--port", "0", "--max-connections", "1", timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--max-connections must be a whole number >= --queue-size + 2" in r.stderr
+    r = run_cli("agent", "--token-file", str(token), "--port", "0", "--header-timeout-s", "0", timeout=60)
+    assert r.returncode == 2 and "--header-timeout-s must be a number of seconds > 0" in r.stderr

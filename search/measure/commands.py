@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--token-file", required=True, metavar="F", help="file holding the bearer token")
     a.add_argument("--max-upload-mb", type=float, default=64, help="largest accepted model (default: 64)")
     a.add_argument("--queue-size", type=int, default=2, help="requests that may wait for the running one")
+    # Limits: None takes the agent's own default (agent.DEFAULTS, shown by `python agent.py --help`); read there so
+    # that building this parser does not import the agent.
+    a.add_argument("--max-connections", type=int, help="connections served at once, one thread each (default 64)")
+    a.add_argument("--header-timeout-s", type=float, help="seconds to send the whole header block (default 5)")
+    a.add_argument("--read-timeout-s", type=float, help="seconds an upload may stall (default 30)")
+    a.add_argument("--max-request-seconds", type=float,
+                   help="most seconds one measurement may run, as (rounds + 1) x timeout_s (default 600)")
     a.set_defaults(func=agent_command)
 
 
@@ -113,5 +120,8 @@ def agent_command(args: argparse.Namespace) -> int:
     token = agent.read_token(args.token_file)
     if args.max_upload_mb <= 0 or args.queue_size < 0 or not 0 <= args.port <= 65535:
         raise UserError("--max-upload-mb must be > 0, --queue-size >= 0 and --port in 0..65535")
-    agent.serve(args.host, args.port, token, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size)
+    limits = {"max_connections": args.max_connections, "header_timeout_s": args.header_timeout_s,
+              "read_timeout_s": args.read_timeout_s, "max_request_s": args.max_request_seconds}
+    limits = {k: agent.DEFAULTS[k] if v is None else v for k, v in limits.items()}
+    agent.serve(args.host, args.port, token, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size, **limits)
     return 0
