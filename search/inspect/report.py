@@ -193,7 +193,9 @@ def not_applied(view: StudyData) -> pd.DataFrame:
     for n in view.front.trial:
         rec = records[n]
         for layer, e in (rec.pruned or {}).items():
-            if e.get("requested", 0) > 0 and e.get("applied", 0) + 1e-9 < e["requested"] * 0.5 or e.get("reason"):
+            # under half of the ratio asked (flooring to the channel multiple alone removes less than asked)
+            short = e.get("requested", 0) > 0 and e.get("applied", 0) + 1e-9 < e["requested"] * 0.5
+            if short or e.get("reason"):
                 rows.append({"trial": n, "layer": layer, "asked": f"prune {e['requested']:.0%}",
                              "got": f"{e.get('applied', 0):.0%} removed", "why": e.get("reason", "")})
         for layer, e in (rec.precision or {}).items():
