@@ -173,3 +173,18 @@ def test_torch_pruning_failures_become_skips_not_crashes(monkeypatch):
     assert "cannot trace the model" in res.skipped["blocks.1.expand.conv"] and res.channels["head.conv"] == 64
     with pytest.warns(UserWarning, match="cannot trace"):
         assert prunable_layers(model, x) == []
+
+
+def test_layer_blocks_find_the_repeated_units_under_a_preprocessing_wrapper():
+    """A wrapped model (normalisation baked in front) has one top-level child: the units must still be
+    its residual blocks, not one block for the whole network."""
+    from search.tasks.models import FASHION_RESNET_SPEC
+
+    wrapped = nn.Sequential(archs.Normalize(), FASHION_RESNET_SPEC.build())
+    layers = [n for n, m in wrapped.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    blocks = layer_blocks(wrapped, layers)
+    assert list(blocks) == ["1.stem"] + [f"1.stages.{s}.{b}" for s in range(4) for b in range(2)] + ["1.fc"]
+    assert blocks["1.stages.1.0"] == ["1.stages.1.0.conv1", "1.stages.1.0.conv2", "1.stages.1.0.shortcut.0"]
+    # the same model unwrapped gives the same units, without the prefix
+    bare = FASHION_RESNET_SPEC.build()
+    assert [f"1.{k}" for k in layer_blocks(bare, [n[2:] for n in layers])] == list(blocks)

@@ -2,7 +2,7 @@
 
 Coupled layers (a residual stream, expand -> depthwise, q/k/v of one attention) share one set of
 channels, so they form one torch-pruning *group*; `prune_groups` lists the groups so a search can
-sample one ratio each, `prunable_layers` the layers, `layer_blocks` the top-level blocks. The
+sample one ratio each, `prunable_layers` the layers (search units are in `search.compress.blocks`). The
 pruning itself is in `search.compress.pruning`.
 """
 
@@ -139,23 +139,3 @@ def prune_groups(model: nn.Module, example_input: torch.Tensor,
         seen.update(members)
         groups[members[0]] = members
     return groups
-
-
-def layer_blocks(model: nn.Module, layers: Iterable[str]) -> dict[str, list[str]]:
-    """Group layers by top-level block: `blocks.2.dw.conv` -> `blocks.2`, `stem.conv` -> `stem`.
-
-    An indexed container (Sequential/ModuleList) contributes its index when the indexed child is a
-    sub-network, so each block of a stage is its own unit; a plain child is its own block.
-    """
-    modules = dict(model.named_modules())
-    blocks: dict[str, list[str]] = {}
-    for layer in layers:
-        parts = layer.split(".")
-        key = parts[0]
-        indexed = isinstance(modules.get(parts[0]), (nn.Sequential, nn.ModuleList))
-        if len(parts) > 2 and parts[1].isdigit() and indexed:
-            child = modules.get(f"{parts[0]}.{parts[1]}")
-            if child is not None and any(True for _ in child.children()):
-                key = f"{parts[0]}.{parts[1]}"
-        blocks.setdefault(key, []).append(layer)
-    return blocks

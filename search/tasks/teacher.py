@@ -16,10 +16,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from search.tasks.models import EdgeNet, EdgeNetSpec
+from search.tasks.models import EdgeNetSpec, ResNetSpec
 from search.utils.atomic import atomic_write_bytes, atomic_write_text
 from search.utils.files import sha256_file
 from search.utils.progress import progress_bar
+
+TeacherSpec = EdgeNetSpec | ResNetSpec
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,11 @@ def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | tor
     return correct / len(x)
 
 
-def train_teacher(spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *, label: str,
-                  device: torch.device, progress: bool = True) -> tuple[EdgeNet, dict]:
+def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *, label: str,
+                  device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
-    model = EdgeNet(spec).to(device)
+    model = spec.build().to(device)
     x, y = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -97,7 +99,7 @@ def train_teacher(spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.nda
     return model, {"val_accuracy": acc, "train_seconds": round(seconds, 1)}
 
 
-def cache_key(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data_fp: str) -> str:
+def cache_key(name: str, spec: TeacherSpec, recipe: TrainRecipe, data_fp: str) -> str:
     return _key(name, spec.to_dict(), asdict(recipe), data_fp)
 
 
@@ -106,7 +108,7 @@ def _key(name: str, spec: dict, recipe: dict, data_fp: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def load_cached(weights: Path, meta_path: Path, spec: EdgeNetSpec) -> tuple[EdgeNet, dict] | None:
+def load_cached(weights: Path, meta_path: Path, spec: TeacherSpec) -> tuple[nn.Module, dict] | None:
     """The cached teacher, or None when absent; a corrupt cache is reported and ignored."""
     if not weights.exists() and not meta_path.exists():
         return None
@@ -115,7 +117,7 @@ def load_cached(weights: Path, meta_path: Path, spec: EdgeNetSpec) -> tuple[Edge
         if meta.get("sha256") != sha256_file(weights):
             raise ValueError("checksum mismatch (half-written or modified file)")
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        model = EdgeNet(spec)
+        model = spec.build()
         model.load_state_dict(state)
         return model.eval(), meta
     except Exception as e:  # any failure means: do not trust it, rebuild
@@ -139,7 +141,7 @@ def _valid_meta(meta_path: Path, key: str) -> bool:
         return False
 
 
-def _from_shipped(name: str, key: str, spec: EdgeNetSpec, folder: Path, shipped: Path) -> tuple[EdgeNet, dict] | None:
+def _from_shipped(name: str, key: str, spec: TeacherSpec, folder: Path, shipped: Path) -> tuple[nn.Module, dict] | None:
     """The shipped teacher for this exact key, verified, then copied into the cache; None if absent or bad."""
     weights, meta_path = shipped / f"{name}-{key}.pt", shipped / f"{name}-{key}.json"
     if not weights.exists():
@@ -156,10 +158,10 @@ def _from_shipped(name: str, key: str, spec: EdgeNetSpec, folder: Path, shipped:
     return loaded
 
 
-def get_teacher(name: str, spec: EdgeNetSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *,
+def get_teacher(name: str, spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *,
                 data_fp: str, results_dir: str | Path = "results", train_on: str = "auto",
                 progress: bool = True, retrain: bool = False, shipped: Path | None = SHIPPED_DIR
-                ) -> tuple[EdgeNet, dict]:
+                ) -> tuple[nn.Module, dict]:
     """The teacher for this recipe and data: the cache, else the shipped file, else trained now (`retrain`
     trains regardless). Every source is checked (sha256, recipe key) before it is used."""
     folder = Path(results_dir) / "teachers"
