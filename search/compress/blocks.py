@@ -3,8 +3,9 @@
 A user's model is often wrapped (`Wrapped(pre=Normalize(), net=ResNet())`), so the top-level child is
 not a block. Blocks are found from the structure instead: the outermost sub-network that is one of
 several sub-networks inside a container (a Sequential/ModuleList of residual blocks, the layers of an
-encoder); a stage that holds such units is descended into. Layers outside any repeated unit (stem, head, classifier) group by their first child below the
-wrappers, where a wrapper is a module all the layers live under.
+encoder); a stage that holds such units is descended into. Layers outside any repeated unit (stem,
+head, classifier) group by their first child below the wrappers, where a wrapper is a module all the
+weight layers live under.
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ import numpy as np
 
 from search.tasks.base import InputSpec, Task
 from search.tasks.models import DIGITS_SPEC, FASHION_RESNET_SPEC, FASHION_SPEC
-from search.tasks.teacher import TeacherSpec
-from search.tasks.teacher import TrainRecipe
+from search.tasks.teacher import TeacherSpec, TrainRecipe
 
 
 @dataclass(frozen=True)
