@@ -169,7 +169,8 @@ class ResNet(nn.Module):
         stages, cin = [], w
         for i, n in enumerate(spec.blocks):
             cout = w * 2**i
-            stages.append(nn.Sequential(*(BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1)
+            first = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*(BasicBlock(cin if j == 0 else cout, cout, first if j == 0 else 1)
                                           for j in range(n))))
             cin = cout
         self.stages = nn.Sequential(*stages)
