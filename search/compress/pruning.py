@@ -8,11 +8,19 @@ Channel counts are floored to a multiple of `channel_multiple` (fast kernels wan
 but never below one multiple; see `expected_channels`. For the q/k/v projections of an attention
 module with an int `num_heads`, the ratio removes whole heads (`expected_heads`) and the module's
 `num_heads` is updated to match.
+
+Transformers: the student copy has each `nn.MultiheadAttention` split into a `SplitAttention` (same
+outputs; children `q_proj`, `k_proj`, `v_proj`, `out_proj`, see `search.compress.attention`), so its heads
+prune as hand-written attention does: a ratio on `blocks.0.attn.q_proj` (the group of q/k/v) removes whole
+heads and the matching `out_proj` input columns. MLP hidden units prune as any Linear (`fc1`, with `fc2`'s
+inputs). The residual stream (patch embedding or token `nn.Embedding`, with every LayerNorm, positional and
+cls parameter and block input/output coupled to it) is one group keyed by the embedding. What cannot
+prune (the classifier, a per-head attn_mask, one head, an `nn.MultiheadAttention` left whole) is in
+`skipped` with the reason.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import warnings
@@ -25,6 +33,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from search.compress.attention import SplitAttention, count_attention_ops, split_copy
 from search.compress.prune_graph import WEIGHT_TYPES, ChannelGraph, classify
 
 Importance = Literal["l1", "l2", "taylor", "lamp"]
@@ -37,11 +46,11 @@ class PruneResult:
     macs_after: int
     params_before: int
     params_after: int
-    channels: dict[str, int]  # out channels after pruning, every Conv/Linear layer
+    channels: dict[str, int]  # out channels after pruning, every Conv/Linear/Embedding layer
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it kept its width
     coupled: dict[str, str] = field(default_factory=dict)  # layer -> layer whose ratio set its width
     heads: dict[str, int] = field(default_factory=dict)  # attention module -> num_heads after
-    channels_before: dict[str, int] = field(default_factory=dict)  # out channels before, every Conv/Linear
+    channels_before: dict[str, int] = field(default_factory=dict)  # out channels before, every Conv/Linear/Embedding
 
     def applied(self, ratios: Mapping[str, float]) -> dict[str, dict]:
         """What was asked and what was removed, per layer named in `ratios`: {layer: {requested, applied,
@@ -89,6 +98,9 @@ def _importance(kind: Importance):
 
 
 def _count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
+    # The attention math of a split nn.MultiheadAttention counts as torch-pruning counts the original's
+    # (it resets this mapping after each count).
+    tp.utils.op_counter.CUSTOM_MODULES_MAPPING = {SplitAttention: count_attention_ops}
     with torch.no_grad(), redirect_stdout(io.StringIO()):
         macs, params = tp.utils.count_ops_and_params(model, example_input)
     return int(macs), int(params)
@@ -110,7 +122,7 @@ def prune(
     listed in `skipped` with the reason; nothing here raises for a single bad layer.
     """
     scorer = _importance(importance)  # a bad name is the caller's error, not a skipped layer
-    student = copy.deepcopy(model).eval()
+    student = _student(model)
     macs_before, params_before = _count(student, example_input)
     before = {n: _width(m) for n, m in student.named_modules() if isinstance(m, WEIGHT_TYPES)}
     try:
@@ -139,7 +151,7 @@ def prune(
         if name in done:
             continue
         if name not in g.modules or not isinstance(g.modules[name], WEIGHT_TYPES):
-            skipped[name] = "no Conv/Linear module of this name"
+            skipped[name] = "no Conv/Linear module (or Embedding) of this name"
             continue
         if name not in ok:
             skipped[name] = why.get(name, "not prunable")
@@ -181,7 +193,7 @@ def prune(
         # Everything _classify rejected keeps its output channels (its inputs may still shrink).
         ignored = [g.modules[n] for n in g.weight_layers if n not in ok]
         try:
-            with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.enable_grad():
                 warnings.simplefilter("ignore")
                 pruner = tp.pruner.MetaPruner(
                     student, example_input, importance=scorer, pruning_ratio=0.0,
@@ -199,7 +211,7 @@ def prune(
                     student(example_input)  # a pruned model that no longer runs is no result
         except Exception as exc:
             # A failure inside torch-pruning leaves the copy half-pruned: return an untouched copy.
-            student = copy.deepcopy(model).eval()
+            student = _student(model)
             for n in (g.names[m] for m in ratio_dict):
                 skipped[n] = f"torch-pruning failed: {type(exc).__name__}: {exc}"[:300]
             ratio_dict, planned = {}, {}
@@ -218,7 +230,14 @@ def prune(
                        skipped, coupled, heads, channels_before=before)
 
 
+def _student(model: nn.Module) -> nn.Module:
+    """The copy to prune: eval mode, each nn.MultiheadAttention split into q/k/v/out Linears (same outputs)."""
+    return split_copy(model).eval()
+
+
 def _width(m: nn.Module) -> int:
+    if isinstance(m, nn.Embedding):
+        return int(m.embedding_dim)
     return int(m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features)
 
 
