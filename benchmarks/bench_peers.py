@@ -54,6 +54,7 @@ def prepare(work: Path, eval_images: int) -> tuple[Path, Path, np.ndarray, np.nd
     """Export the fp32 teacher and write the .npz the peers read (validation images to tune on); return
     those arrays and the held-out test arrays every row is reported on."""
     from search.compress import export_onnx
+    from search.study.context import example_input
     from search.tasks.builtin import load_builtin
 
     if not list((REPO / "results" / "teachers").glob("fashion-mnist-*.pt")):
@@ -62,7 +63,7 @@ def prepare(work: Path, eval_images: int) -> tuple[Path, Path, np.ndarray, np.nd
         task = load_builtin("fashion-mnist", results_dir=REPO / "results", progress=False)
     except Exception as e:  # UserError for missing data; anything else is just as fatal here
         raise BenchError(f"cannot load the Fashion-MNIST task: {' '.join(str(e).split())}") from None
-    teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
+    teacher = export_onnx(task.teacher, example_input(task, 3), work / "teacher_fp32.onnx")
     train_x = task.train.tensors[0].numpy()
     pick = np.sort(np.random.default_rng(0).choice(len(train_x), CALIBRATION_IMAGES, replace=False))
     calib = np.ascontiguousarray(train_x[pick], dtype=np.float32)

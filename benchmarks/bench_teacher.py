@@ -31,6 +31,7 @@ def bench(name: str, results: Path, retrain: bool) -> dict:
     import tempfile
 
     from search.compress import export_onnx
+    from search.study.context import example_input
     from search.tasks.builtin import load_builtin
 
     t0 = time.perf_counter()
@@ -40,7 +41,7 @@ def bench(name: str, results: Path, retrain: bool) -> dict:
     x, y = dataset_arrays(task.val)
     tx, ty = dataset_arrays(task.test)
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(task.teacher, task.input_shape, Path(tmp) / "teacher.onnx")
+        path = export_onnx(task.teacher, example_input(task, 3), Path(tmp) / "teacher.onnx")
         ort_acc, ort_test = onnx_accuracy(path, x, y), onnx_accuracy(path, tx, ty)
     torch_acc = evaluate(task.teacher, x, y)
     info = task.teacher_info

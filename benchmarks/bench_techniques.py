@@ -91,7 +91,7 @@ def train_students(task, teacher_logits, space, profile, budget: dict, seed: int
         res = distill(student, task.train, teacher_logits=teacher_logits, temperature=temperature, alpha=alpha,
                       epochs=budget["epochs"], max_samples=budget["max_samples"], lr=d.lr, batch_size=d.batch_size,
                       seed=seed, num_threads=threads)
-        path = export_onnx(student.cpu(), task.input_shape, work / f"student-{i}.onnx")
+        path = export_onnx(student.cpu(), example_input(task, 3), work / f"student-{i}.onnx")
         rows.append({"name": name, "technique": technique, "path": path, "train_seconds": round(res.seconds, 2),
                      "train_steps": res.steps, "final_loss": round(res.final_loss, 4), "temperature": temperature,
                      "alpha": alpha, "reinitialised": fresh, "prune_ratio": ratio, "macs": pr.macs_after,
@@ -182,7 +182,7 @@ def main() -> int:
     from search.config import load_profile, load_space
     from search.inspect.holdout import paired_change
     from search.measure.accuracy import onnx_accuracy, onnx_correct
-    from search.study.context import cached_teacher_logits
+    from search.study.context import cached_teacher_logits, example_input
     from search.tasks.arrays import calibration_sample, dataset_arrays
 
     if args.torch_threads:
@@ -194,7 +194,7 @@ def main() -> int:
     front, search_cost = study_rows(args.study, args.results, args.task, work) if args.study else ([], None)
     task = load_task(args.task, args.results, args.data_dir)
 
-    teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
+    teacher = export_onnx(task.teacher, example_input(task, 3), work / "teacher_fp32.onnx")
     logits = cached_teacher_logits(task, args.results / "teachers", torch.device("cpu"))
     info = task.teacher_info or {}
     rows = [{"name": "fp32 teacher", "technique": "none", "path": teacher, "train_seconds": None,

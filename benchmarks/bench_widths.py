@@ -51,7 +51,7 @@ def main() -> int:
     result = header("bench_widths.py", args.mode or "quick")
     example = example_input(task)
     units = list(prune_groups(task.teacher, example, never_prune=()))
-    teacher = export_onnx(task.teacher, task.input_shape, work / "teacher_fp32.onnx")
+    teacher = export_onnx(task.teacher, example_input(task, 3), work / "teacher_fp32.onnx")
     multiples = args.multiples or [profile.channel_multiple]
     cases = [(f"uniform {r:.0%}" + (f" at multiple {m}" if args.multiples else ""), dict.fromkeys(units, r), m, False)
              for m in multiples for r in args.ratios]
@@ -64,7 +64,7 @@ def main() -> int:
     print(f"timing {len(cases)} pruned copies, {rounds} rounds each ...", flush=True)
     for i, (name, ratios, multiple, int8) in enumerate(cases):
         pr = prune(task.teacher, example, ratios, channel_multiple=multiple, importance="l2", never_prune=())
-        path = export_onnx(pr.model.cpu(), task.input_shape, work / f"case-{i}.onnx")
+        path = export_onnx(pr.model.cpu(), example_input(task, 3), work / f"case-{i}.onnx")
         if int8:
             from search.compress import quantizable_layers, quantize
             from search.tasks.arrays import calibration_sample

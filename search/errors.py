@@ -18,6 +18,15 @@ class ConfigError(UserError):
     """A profile or space file that does not validate."""
 
 
+class SetupFailed(UserError):
+    """Setting up a study failed at a named step (exporting the teacher, its first measurement): the
+    user's model or environment, reported as one line. Exit 2 for the model, 1 for the environment."""
+
+    def __init__(self, task: str, step: str, reason: str, exit_code: int = 2) -> None:
+        super().__init__(f"task {task!r}: {step} failed: {reason}")
+        self.exit_code = exit_code
+
+
 class TrialFailure(Exception):
     """A trial stage failed in a way the study records as FAIL with this reason. `kind` says what failed
     where it matters to a caller (the measurement's "load" and "input" are the model file's fault)."""

@@ -15,6 +15,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "SplitAttention": "attention",
+    "split_attention": "attention",
+    "split_copy": "attention",
     "DistillResult": "distillation",
     "distill": "distillation",
     "evaluate": "distillation",

@@ -56,23 +56,33 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
             node.metadata_props.add(key=k, value=v)
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike,
+def _examples(example: torch.Tensor | Sequence[int], batch: int, seed: int = 0) -> torch.Tensor:
+    """`batch` inputs: rows of the task's own `example` tensor (its dtype: token ids stay int64), or
+    uniform [0, 1) floats for a bare shape (raw pixels)."""
+    if isinstance(example, torch.Tensor):
+        reps = -(-batch // example.shape[0])
+        return example.repeat(reps, *([1] * (example.dim() - 1)))[:batch] if reps > 1 else example[:batch]
+    return torch.rand(batch, *example, generator=torch.Generator().manual_seed(seed))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: str | os.PathLike,
                 verify: bool = True, atol: float = 1e-4) -> Path:
-    """Write `model` (eval mode) as ONNX to `path`: input "input" [batch, *input_shape] float32,
-    output "logits"; one self-contained file. With `verify`, ONNX Runtime must reproduce PyTorch's
-    outputs on a random batch (within `atol` relative to the logits' scale) or this raises.
-    Any failure raises TrialFailure with a short reason.
+    """Write `model` (eval mode) as ONNX to `path`: input "input" [batch, ...] in the example's dtype,
+    output "logits"; one self-contained file. `example` is a batch of the task's inputs (preferred: it
+    carries their dtype and valid values) or one sample's shape (float inputs). With `verify`, ONNX
+    Runtime must reproduce PyTorch's outputs on those inputs (within `atol` relative to the logits'
+    scale) or this raises. Any failure raises TrialFailure with a short reason.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _for_export(model.eval())
     # Batch 2: torch.export specialises a dimension whose example size is 1.
-    example = torch.rand(2, *input_shape)
+    traced = _examples(example, 2)
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model, (traced,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch},), verbose=False, report=False,
             )
             proto = program.model_proto
@@ -81,7 +91,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
     except Exception as exc:
         raise TrialFailure(f"ONNX export failed{_step(exc)}: {short_reason(exc)}") from exc
     if verify:
-        check_export(model, path, input_shape, atol=atol)
+        check_export(model, path, example, atol=atol)
     return path
 
 
@@ -100,13 +110,13 @@ def _for_export(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_export(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int],
+def check_export(model: nn.Module, path: str | os.PathLike, example: torch.Tensor | Sequence[int],
                  batch: int = 3, atol: float = 1e-4, seed: int = 0) -> float:
-    """Max |ORT - PyTorch| on a random batch, scaled by the logits' magnitude; raises TrialFailure
-    above `atol` (a graph that does not compute what the model computes must not be scored)."""
+    """Max |ORT - PyTorch| on `batch` inputs (see `export_onnx`), scaled by the logits' magnitude; raises
+    TrialFailure above `atol` (a graph that does not compute what the model computes must not be scored)."""
     import onnxruntime as ort
 
-    x = torch.rand(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
+    x = _examples(example, batch, seed)
     with torch.no_grad():
         ref = model.eval()(x).float().numpy()
     try:

@@ -54,7 +54,7 @@ class QuantizeResult:
 
 class _Reader(CalibrationDataReader):
     def __init__(self, data: np.ndarray, batch: int) -> None:
-        self.data, self.batch, self.pos = np.ascontiguousarray(data, dtype=np.float32), batch, 0
+        self.data, self.batch, self.pos = np.ascontiguousarray(data), batch, 0  # token ids stay integers
 
     def get_next(self):
         if self.pos >= len(self.data):
@@ -89,7 +89,7 @@ def quantize(
 ) -> QuantizeResult:
     """Quantize `fp32_path` layer by layer as `bits` says and write `out_path`.
 
-    Layers not named in `bits` stay fp32. `calibration` is a float32 array of model inputs
+    Layers not named in `bits` stay fp32. `calibration` is an array of model inputs (in their dtype)
     (N, *input_shape). `compact` shortens tensor names and drops metadata in the output: on a
     small model they would otherwise be a third of the int8 file. Original node names are kept,
     so `layer_node_map` of the fp32 file still finds each layer's nodes. The result is checked to
@@ -280,7 +280,7 @@ def _check_runs(path: Path, sample: np.ndarray) -> None:
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(sample, dtype=np.float32)})[0]
+        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(sample)})[0]
     except Exception as exc:
         raise TrialFailure(f"quantized model does not run in ONNX Runtime: {short_reason(exc)}") from exc
     if not np.all(np.isfinite(out)):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from search.errors import UserError
 from search.inspect.verify import VerifyError, VerifyReport, verify_model
 from search.study.pareto import is_feasible, nearest_front, pareto_ranks
-from search.study.record import OBJECTIVES, S_PROFILE_DIGEST, TrialRecord
+from search.study.record import OBJECTIVES, S_INPUT, S_PROFILE_DIGEST, TrialRecord
 from search.utils.atomic import atomic_write_text
 from search.utils.files import sha256_file
 
@@ -86,8 +86,8 @@ def _io_spec(model_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
-    """Input value range, normalisation and class names: from the loaded task when verify loaded it,
-    else from the built-in registry (cheap: no data, no teacher); a user task is not loaded just for this."""
+    """Input value range, normalisation and class names: from the loaded task when verify loaded it, else from
+    the built-in registry or what the study recorded (cheap: a user task is not loaded just for this)."""
     from search.tasks.base import InputSpec
     from search.tasks.builtin import BUILTIN_TASKS
 
@@ -95,6 +95,9 @@ def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
         spec, classes = task.input_spec, list(task.class_names)
     elif view.task_spec in BUILTIN_TASKS:
         spec, classes = InputSpec(), list(BUILTIN_TASKS[view.task_spec].class_names)  # built-ins use the default
+    elif isinstance(recorded := view.attrs.get(S_INPUT), dict) and "value_range" in recorded:  # as the study saw it
+        return {"value_range": list(recorded["value_range"]), "normalisation": recorded.get("normalisation"),
+                "class_names": recorded.get("class_names") or None}
     else:
         return {"value_range": None, "normalisation": f"see task {view.task_spec}", "class_names": None}
     return {"value_range": list(spec.value_range), "normalisation": spec.normalisation,

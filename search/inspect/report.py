@@ -262,6 +262,12 @@ def build_html(view: StudyData) -> str:
                 "This task has no held-out test split: the accuracies shown are the selection set's, the same "
                 "data that chose the front, not a held-out estimate.")
     gaps = not_applied(view)
+    units = view.units
+    unit_html = "".join(
+        f"<p><b>{html.escape(axis)}</b> ({len(names)}): {html.escape(', '.join(names)) or 'none'}</p>"
+        for axis, names in (("pruning", list(units["pruning"])), ("quantization", list(units["quantization"]))))
+    if units["pruning_skipped"]:
+        unit_html += f'<p class="muted">Pruning skipped: {html.escape(units["pruning_skipped"])}</p>'
     card_html = "".join(f'<div class="card"><span class="muted">{html.escape(k)}</span><b>{html.escape(v)}</b></div>'
                         for k, v in cards)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -282,6 +288,8 @@ open black symbols: seeded baselines; dashed lines: the profile's budgets and th
 <h2>Per-layer plans</h2>{divs["layers"]}
 <h3>Asked but not applied as asked</h3>
 {html_table(gaps) if len(gaps) else "<p>none: every front point runs as planned</p>"}
+<h2>Search units</h2><p class="muted">One pruning ratio and one bit-width is searched per unit (the space's
+granularity: a block is a repeated unit of the network such as a residual block).</p>{unit_html}
 <h2>Search progress</h2>{divs["hypervolume"]}
 <h2>Trials that did not complete</h2>{html_table(failed) if len(failed) else "<p>none</p>"}
 <h2>Setup</h2><div class="grid"><div><h3>Device profile ({html.escape(profile.digest())})</h3>

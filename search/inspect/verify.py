@@ -115,7 +115,7 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
     from search.measure import get_backend
     from search.measure.accuracy import onnx_accuracy
     from search.measure.record import Measurement
-    from search.tasks.arrays import dataset_arrays
+    from search.tasks.arrays import dataset_arrays, feed_sample
 
     values = dict(zip(OBJECTIVES, rec.values or (), strict=False))
     task = task if task is not None else view.load_task()
@@ -140,8 +140,8 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
     corrected = bool(reference is not None and anchor is not None and recorded_m is not None
                      and recorded_m.ratio(stat) is not None)
     try:
-        m = get_backend(profile, reference_baseline=anchor if corrected else None).measure(
-            model, reference if corrected else None)
+        backend = get_backend(profile, reference_baseline=anchor if corrected else None, sample=feed_sample(task.val))
+        m = backend.measure(model, reference if corrected else None)
     except TrialFailure as e:
         rows += [VerifyRow(k, values[k], None, "-", False, str(e)) for k in ("latency_ms", "memory_mb")]
         return VerifyReport(tuple(rows))

@@ -19,6 +19,7 @@ from search.study.pareto import front_numbers
 from search.study.record import (
     S_ARTIFACTS,
     S_HAS_TEST,
+    S_LAYERS,
     S_PROFILE,
     S_REFERENCE_ONNX,
     S_SPACE,
@@ -81,6 +82,17 @@ class StudyData:
         from search.config import SearchSpace
 
         return SearchSpace.model_validate_json(json.dumps(self._attr(S_SPACE)))
+
+    @property
+    def units(self) -> dict[str, Any]:
+        """The search units as the run used them: {"pruning": {unit: layers}, "quantization": {unit: layers},
+        "pruning_skipped": why the model has no pruning axis, "" when it has one}."""
+        from search.study.sampling import SearchLayers
+
+        layers = SearchLayers.from_dict(self._attr(S_LAYERS))
+        return {"pruning": layers.prune_units(self.space.pruning.granularity),
+                "quantization": layers.bit_units(self.space.quantization.granularity),
+                "pruning_skipped": layers.pruning_skipped}
 
     @property
     def teacher(self) -> dict[str, Any]:

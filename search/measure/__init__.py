@@ -20,15 +20,17 @@ class Backend(Protocol):
                 ) -> Measurement: ...
 
 
-def get_backend(profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None) -> Backend:
-    """A fresh backend for the profile (its reference baseline lives as long as it does)."""
+def get_backend(profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
+                sample: str | None = None) -> Backend:
+    """A fresh backend for the profile (its reference baseline lives as long as it does). `sample`
+    (`runner.encode_sample` of one task input) is what the model is fed."""
     if profile.measure.backend == "remote":
         from search.measure.remote import RemoteBackend
 
-        return RemoteBackend(profile, reference_baseline=reference_baseline)
+        return RemoteBackend(profile, reference_baseline=reference_baseline, sample=sample)
     from search.measure.local import LocalBackend
 
-    return LocalBackend(profile, reference_baseline=reference_baseline)
+    return LocalBackend(profile, reference_baseline=reference_baseline, sample=sample)
 
 
 _BACKENDS: dict[str, Backend] = {}

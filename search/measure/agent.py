@@ -5,7 +5,8 @@ needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
   POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, memory_batch,
-                      memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>;
+                      memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>,
+                      sample=dtype:AxB:base64 (one input of the task's data, repeated to the batch as the feed);
                       answers the Measurement record as JSON (candidate and reference interleaved in the
                       same fresh-process rounds, as locally). 409 when the reference is unknown (re-upload).
 Errors: 400 bad model/params, Content-Length not ASCII digits, or a request that may run longer than
@@ -179,7 +180,7 @@ def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -
               "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
               "timeout_s": (float, 1.0, 3600.0, 120.0)}
     raw = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference"}
+    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference", "sample"}
     if unknown:
         raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     if any(len(v) > 1 for v in raw.values()):
@@ -205,6 +206,11 @@ def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -
     if ref is not None and not re.fullmatch(r"[0-9a-f]{64}", ref):
         raise ValueError("reference must be a sha256 (hex) returned by POST /v1/reference")
     out["reference"] = ref
+    out["sample"] = raw.get("sample", [None])[0]
+    if out["sample"] is not None:
+        if len(out["sample"]) > runner.SAMPLE_MAX_CHARS:
+            raise ValueError(f"sample must be at most {runner.SAMPLE_MAX_CHARS} characters")
+        runner.decode_sample(out["sample"])  # ValueError with the reason
     worst = (out["rounds"] + 1) * out["timeout_s"]
     if worst > max_request_s:
         most = max(0, math.floor(max_request_s / out["timeout_s"]) - 1)

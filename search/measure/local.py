@@ -68,9 +68,11 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None) -> None:
+    def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
+                 sample: str | None = None) -> None:
         self.profile = profile
         self.baselines = Baselines(reference_baseline)
+        self.sample = sample  # runner.encode_sample of one task input: the feed
 
     def measure(self, onnx_path: str | os.PathLike,
                 reference_path: str | os.PathLike | None = None) -> Measurement:
@@ -80,7 +82,7 @@ class LocalBackend:
         settings = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
                     "graph_optimization": rt.graph_optimization, "rounds": m.rounds,
                     "memory_batch": m.memory_batch, "timeout_s": m.timeout_s,
-                    "memory_limit_mb": memory_limit_mb(self.profile.budgets.memory_mb)}
+                    "memory_limit_mb": memory_limit_mb(self.profile.budgets.memory_mb), "sample": self.sample}
         try:
             with exclusive():
                 raw = runner.measure(str(path), str(ref) if ref else None, **settings)

@@ -34,7 +34,7 @@ class RemoteBackend:
     name = "remote"
 
     def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
-                 retries: int = 4, backoff_s: float = 0.5) -> None:
+                 sample: str | None = None, retries: int = 4, backoff_s: float = 0.5) -> None:
         m = profile.measure
         if not m.url or not m.token_env:
             raise UserError(f"profile {profile.name}: the remote backend needs measure.url and token_env")
@@ -46,6 +46,7 @@ class RemoteBackend:
         self._auth = f"Bearer {token}"
         self.retries, self.backoff_s = max(1, retries), backoff_s
         self.baselines = Baselines(reference_baseline)
+        self.sample = sample  # runner.encode_sample of one task input: the feed, sent in the query
         self._max_upload_mb: float | None = None
         self._uploaded: set[str] = set()  # reference models the agent holds
 
@@ -106,6 +107,8 @@ class RemoteBackend:
                         "graph_optimization": rt.graph_optimization}
         if m.memory_batch:
             params["memory_batch"] = m.memory_batch
+        if self.sample:
+            params["sample"] = self.sample
         limit = memory_limit_mb(self.profile.budgets.memory_mb) if self.profile.budgets.memory_mb else None
         if limit:  # the agent caps it at 3/4 of the device's memory, and applies that cap when absent
             params["memory_limit_mb"] = round(limit, 1)

@@ -10,9 +10,12 @@ Child side: `main()` reads a JSON spec on stdin, prints one JSON result line on 
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -123,15 +126,43 @@ def stats(times_ms: list[float]) -> dict:
             "runs": len(ordered)}
 
 
+SAMPLE_MAX_CHARS = 65_536  # an encoded sample travels in the agent's query string
+
+
+def encode_sample(sample) -> str:
+    """One input sample (no batch dim) as `dtype:AxB:base64`, for the feeds (`sample=` of `measure`)."""
+    import numpy as np
+
+    a = np.ascontiguousarray(sample)
+    return f"{a.dtype.name}:{'x'.join(map(str, a.shape))}:{base64.b64encode(a.tobytes()).decode()}"
+
+
+def decode_sample(text: str):
+    """The array `encode_sample` wrote; ValueError with the reason when it is not one."""
+    import numpy as np
+
+    m = re.fullmatch(r"([a-z0-9]+):([0-9x]*):([A-Za-z0-9+/=]*)", text)
+    if not m or m.group(1) not in _DTYPES.values():
+        raise ValueError("sample must be dtype:AxB:base64 with a numeric dtype")
+    shape = tuple(int(d) for d in m.group(2).split("x") if d)
+    data = base64.b64decode(m.group(3), validate=True)
+    dtype = np.dtype(m.group(1))
+    if len(data) != dtype.itemsize * math.prod(shape):
+        raise ValueError(f"sample holds {len(data)} bytes, not the {dtype.name} array of shape {shape} it names")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
 def measure(model: str, reference: str | None = None, *, warmup: int = 50, repeats: int = 200,
             batch: int = 1, threads: int = 1, graph_optimization: str = "all", rounds: int = 1,
             memory_batch: int | None = None, memory_limit_mb: float | None = None, timeout_s: float = 120.0,
-            seed: int = 0) -> dict:
-    """Measure `model` in `rounds` fresh processes (memory probe in the first); return a record dict."""
+            seed: int = 0, sample: str | None = None) -> dict:
+    """Measure `model` in `rounds` fresh processes (memory probe in the first); return a record dict.
+    `sample` (`encode_sample`: one input of the task's own data) is repeated to the batch as the feed;
+    without it float inputs get uniform [0, 1) values and integer inputs small ids."""
     started = time.time()
     memory_batch = memory_batch or batch
     base = {"model": model, "reference": reference, "warmup": warmup, "repeats": repeats, "batch": batch,
-            "threads": threads, "graph_optimization": graph_optimization, "seed": seed,
+            "threads": threads, "graph_optimization": graph_optimization, "seed": seed, "sample": sample,
             "memory_limit_mb": memory_limit_mb, "cpus": pick_cpus(threads)}
     overhead = overhead_mb(threads, graph_optimization, timeout_s)
     record: dict = {"latency": None, "memory_total_mb": None, "memory_model_mb": None,
@@ -271,6 +302,8 @@ def _child(spec: dict) -> dict:
         except Exception as e:  # noqa: BLE001 - any ORT load error is the model's fault
             raise _fail(e, f"loading the {what}", limit, "load") from None
 
+    given = decode_sample(spec["sample"]) if spec.get("sample") else None
+
     def feed(sess: ort.InferenceSession, batch: int, what: str) -> dict:
         rng = np.random.default_rng(seed)
         out = {}
@@ -284,7 +317,14 @@ def _child(spec: dict) -> dict:
             if i.type not in _DTYPES:
                 raise RoundError("input", f"the {what}'s input '{i.name}' has unsupported type {i.type}")
             dtype = np.dtype(_DTYPES[i.type])
-            if dtype.kind == "f":  # raw-pixel-like values in [0, 1)
+            if given is not None and len(sess.get_inputs()) == 1:
+                fixed = [d if isinstance(d, int) and d > 0 else None for d in list(i.shape)[1:]]
+                if given.dtype != dtype or len(fixed) != given.ndim or any(
+                        d not in (None, g) for d, g in zip(fixed, given.shape, strict=True)):
+                    raise RoundError("input", f"the {what}'s input '{i.name}' takes {dtype.name} {fixed}, "
+                                              f"the task's sample is {given.dtype.name} {list(given.shape)}")
+                out[i.name] = np.ascontiguousarray(np.broadcast_to(given, (batch, *given.shape)))
+            elif dtype.kind == "f":  # raw-pixel-like values in [0, 1)
                 out[i.name] = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
             elif dtype.kind == "b":
                 out[i.name] = rng.integers(0, 2, shape, dtype=np.uint8).astype(bool)

@@ -15,13 +15,14 @@ from search.config import DeviceProfile, SearchSpace
 from search.measure.cache import MeasurementCache
 from search.study.sampling import SearchLayers
 from search.tasks import Task
-from search.tasks.arrays import inputs_digest
+from search.tasks.arrays import example_batch, inputs_digest
 from search.utils.atomic import atomic_write_bytes
 
 
-def example_input(task: Task) -> torch.Tensor:
-    """The fixed batch-1 input that traces the teacher's dependency graph for pruning (same in every study)."""
-    return torch.rand(1, *task.input_shape, generator=torch.Generator().manual_seed(0))
+def example_input(task: Task, n: int = 1) -> torch.Tensor:
+    """The task's first `n` selection inputs, in their dtype: they trace the teacher's dependency graph
+    for pruning (n=1) and export and check every model (n=3). Same in every study of the task."""
+    return example_batch(task.val, n)
 
 
 def teacher_fingerprint(teacher: torch.nn.Module, train) -> str:
@@ -76,6 +77,11 @@ class Context:
     @property
     def example(self) -> torch.Tensor:
         return example_input(self.task)
+
+    @property
+    def examples(self) -> torch.Tensor:
+        """Inputs that export and check a student (export_onnx's `example`)."""
+        return example_input(self.task, 3)
 
     def teacher_logits(self) -> torch.Tensor:
         if self._logits is None:

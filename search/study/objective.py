@@ -161,7 +161,7 @@ class Objective:
 
         def export_and_quantize(tag: str) -> Path:
             with timer("export"):
-                fp32 = export_onnx(student, ctx.task.input_shape, work / f"{tag}-fp32.onnx")
+                fp32 = export_onnx(student, ctx.examples, work / f"{tag}-fp32.onnx")
             with timer("quantize"):
                 q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
                              per_channel=ctx.space.quantization.per_channel,

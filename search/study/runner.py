@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -138,6 +139,8 @@ class _Run:
                             threads=_threads_per_worker(s.workers), task_spec=s.task, space_file=str(s.space),
                             profile_file=str(s.device))
         if s.worker_id == 0:
+            print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
+                  file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile).items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)

@@ -26,15 +26,24 @@ class SearchLayers:
     quantizable: list[str] = field(default_factory=list)
     quant_blocks: dict[str, list[str]] = field(default_factory=dict)
     quant_ops: dict[str, list[str]] = field(default_factory=dict)
+    pruning_skipped: str = ""  # why the model has no pruning axis ("" when it has one)
 
     def to_dict(self) -> dict:
         return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable,
-                "quant_blocks": self.quant_blocks, "quant_ops": self.quant_ops}
+                "quant_blocks": self.quant_blocks, "quant_ops": self.quant_ops,
+                "pruning_skipped": self.pruning_skipped}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchLayers:
         return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"],
-                   quant_blocks=d.get("quant_blocks", {}), quant_ops=d.get("quant_ops", {}))
+                   quant_blocks=d.get("quant_blocks", {}), quant_ops=d.get("quant_ops", {}),
+                   pruning_skipped=d.get("pruning_skipped", ""))
+
+    def summary(self, prune_granularity: str, quant_granularity: str) -> str:
+        """One line for the start of a run: how many units each axis searches."""
+        prune = (f"pruning skipped ({self.pruning_skipped})" if self.pruning_skipped
+                 else f"{len(self.prune_units(prune_granularity))} pruning units")
+        return f"search units: {prune}, {len(self.bit_units(quant_granularity))} quantization units"
 
     def unit_bits(self, members: list[str], bits: tuple[int, ...], profile: DeviceProfile | None) -> tuple[int, ...]:
         """The space's `bits` that the device runs as a real kernel for every op type of `members`."""
@@ -106,7 +115,7 @@ def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, .
     units = layers.prune_units(space.pruning.granularity)
 
     def params(ratio: float, b: int) -> dict | None:
-        if (ratio not in ratios) or (b not in bits):
+        if (ratio not in ratios) or (b not in bits) or (ratio and not units):  # nothing to prune: no such baseline
             return None
         p = dict(common)
         if len(ratios) > 1:

@@ -146,7 +146,7 @@ class _Runner:
         from search.compress import export_onnx
 
         with self.timer("export"):
-            return export_onnx(model, self.ctx.task.input_shape, self.work / f"{tag}-fp32.onnx")
+            return export_onnx(model, self.ctx.examples, self.work / f"{tag}-fp32.onnx")
 
     def pruned(self, ratios: dict[str, float], recalibrate: bool):
         """(pruned model, its channel widths or None when nothing was removed, why a layer was not pruned)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 
 from search.config import DeviceProfile, SearchSpace
-from search.errors import UserError
+from search.errors import SetupFailed, TrialFailure, UserError
 from search.study.context import Context, example_input
 from search.study.record import (
     S_INPUT,
@@ -28,23 +30,65 @@ from search.study.record import (
 )
 from search.study.sampling import SearchLayers
 from search.tasks import Task
-from search.tasks.arrays import calibration_sample, dataset_arrays
+from search.tasks.arrays import calibration_sample, dataset_arrays, feed_sample
 from search.utils.atomic import atomic_path
 
 REFERENCE_NAME = "reference.onnx"
 
 
+def _split_reference(task: Task, reference_onnx: Path) -> Path:
+    """The ONNX graph whose layer names students have. Students are split copies (each
+    nn.MultiheadAttention as q/k/v/out Linears, the same function), so their projections are named
+    `attn.q_proj`, ... where the teacher's fused in-projection belongs to `attn`. The teacher itself stays
+    as the user wrote it: its latency is measured on its own graph."""
+    from torch import nn
+
+    from search.compress import export_onnx
+    from search.compress.attention import split_copy
+
+    if not any(isinstance(m, nn.MultiheadAttention) for m in task.teacher.modules()):
+        return reference_onnx
+    split = reference_onnx.with_name("reference-split.onnx")
+    if not split.is_file():
+        with atomic_path(split) as tmp:
+            export_onnx(split_copy(task.teacher), example_input(task, 3), tmp)
+    return split
+
+
 def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
+    """The search units. A model torch-pruning cannot trace (a channel shuffle it cannot map) is still
+    searched over quantization and distillation; the reason is kept as `pruning_skipped`."""
     from search.compress import layer_blocks, prune_groups
+    from search.compress.export import short_reason
     from search.compress.onnx_names import weighted_nodes
 
-    groups = prune_groups(task.teacher, example_input(task), never_prune=space.pruning.never_prune)
-    blocks = layer_blocks(task.teacher, list(groups))
-    nodes = weighted_nodes(reference_onnx)
+    skipped = ""
+    try:
+        groups = prune_groups(task.teacher, example_input(task), never_prune=space.pruning.never_prune)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: no pruning axis, say why
+        groups, skipped = {}, f"torch-pruning cannot trace the model's channels ({short_reason(exc)})"
+    if not skipped and not groups and any(r > 0 for r in space.pruning.ratios):
+        skipped = "no layer's output channels can be pruned (each is the classifier, never_prune or coupled to it)"
+    nodes = weighted_nodes(_split_reference(task, reference_onnx))
     quantizable = list(nodes)
-    return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable,
+    return SearchLayers(groups=groups, blocks=layer_blocks(task.teacher, list(groups)), quantizable=quantizable,
                         quant_blocks=layer_blocks(task.teacher, quantizable),
-                        quant_ops={layer: sorted({n.op_type for n in ns}) for layer, ns in nodes.items()})
+                        quant_ops={layer: sorted({n.op_type for n in ns}) for layer, ns in nodes.items()},
+                        pruning_skipped=skipped)
+
+
+@contextmanager
+def _step(task: Task, step: str, exit_code: int = 2) -> Iterator[None]:
+    """Any failure inside is one line naming the task and the step (the CLI prints it, no traceback)."""
+    from search.compress.export import short_reason
+
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's model or environment: report, do not crash
+        raise SetupFailed(task.name, step, str(exc) if isinstance(exc, TrialFailure) else short_reason(exc),
+                          exit_code=exit_code) from exc
 
 
 def check_same_setup(study: optuna.Study, task_spec: str, space: SearchSpace, profile: DeviceProfile) -> None:
@@ -80,14 +124,19 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
     study_dir.mkdir(parents=True, exist_ok=True)
     reference = study_dir / REFERENCE_NAME
     if not reference.is_file():
-        with atomic_path(reference) as tmp:
-            export_onnx(task.teacher, task.input_shape, tmp)
+        with atomic_path(reference) as tmp, _step(task, "exporting the teacher to ONNX"):
+            export_onnx(task.teacher, example_input(task, 3), tmp)
     attrs = study.user_attrs
-    layers = SearchLayers.from_dict(attrs[S_LAYERS]) if S_LAYERS in attrs else search_layers(task, reference, space)
+    if S_LAYERS in attrs:
+        layers = SearchLayers.from_dict(attrs[S_LAYERS])
+    else:
+        with _step(task, "finding the search units (pruning groups, quantizable layers)"):
+            layers = search_layers(task, reference, space)
     val_x, val_y = dataset_arrays(task.val)
     cache = MeasurementCache(study_dir / "measure-cache")
     # Every worker and resume corrects drift against the study's one anchor (the backend applies it).
-    backend = get_backend(profile, reference_baseline=drift_anchor(attrs))
+    sample = feed_sample(task.val)  # every measurement feeds the task's own input
+    backend = get_backend(profile, reference_baseline=drift_anchor(attrs), sample=sample)
     ctx = Context(
         task=task, space=space, profile=profile, study_dir=study_dir, reference_onnx=reference, layers=layers,
         bits=space.bits_for(profile, source=space_file), teacher_metrics=attrs.get(S_TEACHER, {}),
@@ -96,14 +145,17 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
         logits_dir=study_dir.parent / "teachers", threads=threads,
     )
     if S_TEACHER not in attrs:
-        m = ctx.measure(reference)  # the first measurement: its anchor becomes the study's
-        ctx.backend = get_backend(profile, reference_baseline=m.reference_baseline)
+        with _step(task, "measuring the teacher on the device profile", exit_code=1):
+            m = ctx.measure(reference)  # the first measurement: its anchor becomes the study's
+        ctx.backend = get_backend(profile, reference_baseline=m.reference_baseline, sample=sample)
         import torch_pruning as tp
 
-        with torch.no_grad():
+        with torch.no_grad(), _step(task, "counting the teacher's operations"):
             macs, params = tp.utils.count_ops_and_params(task.teacher, ctx.example)
+        with _step(task, "scoring the teacher with ONNX Runtime"):
+            accuracy = onnx_accuracy(reference, val_x, val_y)
         ctx.teacher_metrics = {
-            "accuracy": onnx_accuracy(reference, val_x, val_y),
+            "accuracy": accuracy,
             "latency_ms": m.objective(profile.measure.statistic),
             "memory_mb": m.memory_total_mb, "model_mb": reference.stat().st_size / (1024 * 1024),
             "params": int(params), "macs": int(macs),

@@ -24,6 +24,30 @@ def dataset_arrays(ds, limit: int | None = None) -> tuple[np.ndarray, np.ndarray
     return _model_dtype(torch.stack(list(xs)).numpy()), torch.as_tensor(ys).numpy()
 
 
+def example_batch(ds, n: int = 1) -> torch.Tensor:
+    """The first `n` inputs of a dataset as one tensor in the model's dtype: the example that traces,
+    exports and checks a model is the task's own data (random floats would index past an embedding)."""
+    x, _ = dataset_arrays(ds, limit=n)
+    if len(x) < n:  # a tiny dataset: repeat what there is (torch.export needs a batch of 2)
+        x = np.concatenate([x] * -(-n // max(1, len(x))))[:n]
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def feed_sample(ds) -> str | None:
+    """The measurement feed: the dataset's first input, encoded for the runner and the agent (integer
+    inputs must be valid ids). None for a float input too large for the agent's query string: uniform
+    [0, 1) values then (a float's value does not change a CPU kernel's speed)."""
+    from search.measure.runner import SAMPLE_MAX_CHARS, encode_sample
+
+    x = example_batch(ds, 1)[0].numpy()
+    text = encode_sample(x)
+    if len(text) <= SAMPLE_MAX_CHARS:
+        return text
+    if np.issubdtype(x.dtype, np.floating):
+        return None
+    raise ValueError(f"one input is {x.nbytes} bytes of {x.dtype}: too large to send as the measurement feed")
+
+
 def calibration_sample(ds, samples: int, seed: int) -> np.ndarray:
     """A fixed random sample of training inputs for static quantization."""
     n = len(ds)
