@@ -50,19 +50,18 @@ MODES = {  # eval images, measurement rounds, Olive max_iter, onnx-neural-compre
 ONC_TOLERABLE_LOSS = 0.01
 
 
-def prepare(work: Path, eval_images: int) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray, dict, tuple]:
+def prepare(work: Path, eval_images: int, task_name: str = "fashion-mnist"
+            ) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray, dict, tuple]:
     """Export the fp32 teacher and write the .npz the peers read (validation images to tune on); return
     those arrays and the held-out test arrays every row is reported on."""
     from search.compress import export_onnx
     from search.study.context import example_input
     from search.tasks.builtin import load_builtin
 
-    if not list((REPO / "results" / "teachers").glob("fashion-mnist-*.pt")):
-        print("note: no cached Fashion-MNIST teacher under results/teachers: training it first (~10-30 min)")
-    try:
-        task = load_builtin("fashion-mnist", results_dir=REPO / "results", progress=False)
+    try:  # the shipped teacher, else the cache, else trained now
+        task = load_builtin(task_name, results_dir=REPO / "results", progress=False)
     except Exception as e:  # UserError for missing data; anything else is just as fatal here
-        raise BenchError(f"cannot load the Fashion-MNIST task: {' '.join(str(e).split())}") from None
+        raise BenchError(f"cannot load the task {task_name}: {' '.join(str(e).split())}") from None
     teacher = export_onnx(task.teacher, example_input(task, 3), work / "teacher_fp32.onnx")
     train_x = task.train.tensors[0].numpy()
     pick = np.sort(np.random.default_rng(0).choice(len(train_x), CALIBRATION_IMAGES, replace=False))
@@ -121,10 +120,10 @@ def score(name: str, tool: str, path: Path, x: np.ndarray, y: np.ndarray, test: 
             "top1": float(correct.mean()), "_correct": correct, "file_mb": round(path.stat().st_size / 1e6, 4)}
 
 
-def front_models(name: str, results: Path, work: Path) -> list[tuple[str, Path, dict]]:
+def front_models(name: str, results: Path, work: Path, task: str) -> list[tuple[str, Path, dict]]:
     """Each feasible front trial of hwsearch study `name`, exported from its artifact store: (row name, model,
     what the study recorded). Scored and timed here like every other row, not taken from the study."""
-    view, front = study_front(name, results, "fashion-mnist")
+    view, front = study_front(name, results, task)
     out = []
     for _, f in front.iterrows():
         n = int(f["trial"])
@@ -185,6 +184,7 @@ def print_table(rows: list[dict], teacher_top1: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode_args(parser)
+    parser.add_argument("--task", default="fashion-mnist", choices=("fashion-mnist", "fashion-mnist-resnet18"))
     parser.add_argument("--study", help="also score and time this hwsearch study's feasible front")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where --study lives")
     parser.add_argument("--work", type=Path, default=REPO / "results" / "peers", help="models and logs")
@@ -201,10 +201,10 @@ def main() -> int:
     settings = MODES[args.mode or "quick"]
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    front = front_models(args.study, args.results, work) if args.study else []
+    front = front_models(args.study, args.results, work, args.task) if args.study else []
     load_before = os.getloadavg()
 
-    teacher, data, calib, x, y, teacher_info, test = prepare(work, settings["eval_images"])
+    teacher, data, calib, x, y, teacher_info, test = prepare(work, settings["eval_images"], args.task)
     budgets = {"olive": ("run_olive.py", ["--max-iter", str(settings["olive_max_iter"])]),
                "onc": ("run_onc.py", ["--max-trials", str(settings["onc_max_trials"]),
                                       "--tolerable-loss", str(ONC_TOLERABLE_LOSS)])}

@@ -3,6 +3,7 @@
     python benchmarks/bench_study.py demo --fresh-clone   # `make demo` on a fresh clone of HEAD: setup included
     python benchmarks/bench_study.py demo                 # the demo's study in this checkout (results/demo)
     python benchmarks/bench_study.py thorough             # the published study (spaces/thorough.yaml)
+    python benchmarks/bench_study.py resnet18             # the realistic-size teacher (fashion-mnist-resnet18)
 
 Writes benchmarks/results/study-<preset>.json: wall seconds, the longest silence in the log (seconds
 between two lines), counts, the teacher's val and test top-1, and every front point with val top-1, test
@@ -39,6 +40,9 @@ PRESETS = {
                             "device_profiles/local-1core.yaml", "--trials", "24", "--refine", "3"), make="demo"),
     "thorough": Preset("thorough", ("--task", "fashion-mnist", "--space", "spaces/thorough.yaml", "--device",
                                     "device_profiles/local-1core.yaml", "--trials", "24", "--refine", "4")),
+    # the realistic-size teacher (ResNet-18 at half width, ~1.2 ms): README's headline
+    "resnet18": Preset("resnet18", ("--task", "fashion-mnist-resnet18", "--space", "spaces/default.yaml", "--device",
+                                    "device_profiles/local-1core.yaml", "--trials", "16", "--refine", "3")),
 }
 
 

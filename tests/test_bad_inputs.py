@@ -71,6 +71,43 @@ def raises():
 def wrong_type():
     return {"name": "not a task"}
 """,
+    "setup_fails.py": """import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from search import InputSpec, Task
+
+
+class Bag(nn.Module):  # token ids in, class scores out
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(10, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.emb(x).mean(1))
+
+
+class DataDependent(nn.Module):  # python control flow on values: torch.export cannot trace it
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+def _ids():
+    x, y = torch.randint(1, 10, (16, 6)), torch.randint(0, 2, (16,))
+    return TensorDataset(x, y)
+
+
+def ids_declared_as_floats():
+    return Task(name="ids", teacher=Bag(), train=_ids(), val=_ids(), input_shape=(6,), num_classes=2)
+
+
+def not_exportable():
+    d = TensorDataset(torch.rand(16, 4), torch.randint(0, 2, (16,)))
+    return Task(name="data-dependent", teacher=DataDependent(), train=d, val=d, input_shape=(4,), num_classes=2)
+""",
     "broken_import.py": "import no_such_module_anywhere\n\ndef make():\n    pass\n",
     "exits.py": "import sys\nsys.exit('refusing to load')\n",
     "bad_task.py": """import torch
@@ -174,7 +211,7 @@ CASES = [
     Case("run-study-empty", [*RUN, "--study", ""], "--study '': use letters"),
     Case("run-results-under-a-file", [*RUN, "--results", "{d}/not_a_db.txt/results"], "not_a_db.txt"),
     # ---- `--task`
-    Case("task-unknown-name", [*RUN_TASK, "nope"], "--task 'nope': expected a built-in (digits, fashion-mnist)"),
+    Case("task-unknown-name", [*RUN_TASK, "nope"], "--task 'nope': expected a built-in (digits, fashion-mnist, fashion-mnist-resnet18)"),
     Case("task-file-missing", [*RUN_TASK, "missing.py:f"], "--task 'missing.py:f': file missing.py not found"),
     Case("task-function-missing", [*RUN_TASK, "{d}/tasks.py:not_there"], "tasks.py has no function 'not_there'"),
     Case("task-function-raises", [*RUN_TASK, "{d}/tasks.py:raises"],
@@ -183,6 +220,10 @@ CASES = [
          "the function returned dict, expected search.Task"),
     Case("task-module-import-fails", [*RUN_TASK, "{d}/broken_import.py:make"],
          "failed: ModuleNotFoundError: No module named 'no_such_module_anywhere'"),
+    Case("task-input-dtype-not-declared", [*RUN_TASK, "{d}/setup_fails.py:ids_declared_as_floats"],
+         "input_spec.dtype is 'float32' but train[0]'s input is int64"),
+    Case("task-teacher-not-exportable", [*RUN_TASK, "{d}/setup_fails.py:not_exportable"],
+         "task 'data-dependent': exporting the teacher to ONNX failed:"),
     Case("task-module-calls-sys-exit", [*RUN_TASK, "{d}/exits.py:make"], "it called sys.exit('refusing to load')"),
     Case("task-with-a-bad-field", [*RUN_TASK, "{d}/bad_task.py:make"],
          "the returned Task's train must be a map-style dataset"),
