@@ -211,7 +211,8 @@ CASES = [
     Case("run-study-empty", [*RUN, "--study", ""], "--study '': use letters"),
     Case("run-results-under-a-file", [*RUN, "--results", "{d}/not_a_db.txt/results"], "not_a_db.txt"),
     # ---- `--task`
-    Case("task-unknown-name", [*RUN_TASK, "nope"], "--task 'nope': expected a built-in (digits, fashion-mnist, fashion-mnist-resnet18)"),
+    Case("task-unknown-name", [*RUN_TASK, "nope"], "--task 'nope': expected a built-in (digits, fashion-mnist, "
+         "fashion-mnist-resnet18)"),
     Case("task-file-missing", [*RUN_TASK, "missing.py:f"], "--task 'missing.py:f': file missing.py not found"),
     Case("task-function-missing", [*RUN_TASK, "{d}/tasks.py:not_there"], "tasks.py has no function 'not_there'"),
     Case("task-function-raises", [*RUN_TASK, "{d}/tasks.py:raises"],
