@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,7 @@ def distill(
     progress: bool | ProgressFn = False,
     weight_decay: float = 1e-4,
     num_threads: int | None = None,
+    step_guard: Callable[[], AbstractContextManager] | None = None,
 ) -> DistillResult:
     """Fine-tune `student` in place with `kd_loss` (AdamW, warm-up + cosine); leaves it in eval mode.
 
@@ -121,7 +123,8 @@ def distill(
     mode). Budget: `steps`, else `epochs` (default 1) over at most `max_samples` samples, a subset
     fixed by `seed`. A non-finite loss raises TrialFailure naming the step. `num_threads` caps
     torch's CPU threads for the run: small models train faster on one thread, and much faster
-    when other processes share the cores (OpenMP workers spin against them).
+    when other processes share the cores (OpenMP workers spin against them). Each step runs inside
+    `step_guard()` when given (a study holds its steps off while a latency measurement runs).
     """
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")
@@ -163,15 +166,16 @@ def distill(
                 else:
                     with torch.no_grad():
                         t_logits = teacher(x)
-                loss = kd_loss(student(x), t_logits, y, temperature, alpha)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrialFailure(f"non-finite loss at step {step} of {steps} ({value}; lr={lr:g}, "
-                                       f"T={temperature:g}, alpha={alpha:g})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                with step_guard() if step_guard else nullcontext():
+                    loss = kd_loss(student(x), t_logits, y, temperature, alpha)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise TrialFailure(f"non-finite loss at step {step} of {steps} ({value}; lr={lr:g}, "
+                                           f"T={temperature:g}, alpha={alpha:g})")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
                 seen += len(y)
                 recent = (recent + [value])[-20:]
                 if bar is not None:

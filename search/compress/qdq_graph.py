@@ -166,3 +166,29 @@ def node_precisions(model: onnx.ModelProto | str | os.PathLike) -> dict[str, tup
 
 
 _INT4 = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
+
+
+def nonfinite_nodes(model: onnx.ModelProto, sample: np.ndarray, input_name: str) -> set[str]:
+    """Nodes that produce or consume a float tensor holding inf or NaN on `sample` (a few model inputs).
+
+    An additive attention mask (-inf on padding) is the usual source: calibration would give its
+    QuantizeLinear an infinite scale and the int8 model would output noise. Those nodes stay float; the
+    layers around them quantize as planned. Found by running the float model once with every float
+    intermediate as an output.
+    """
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    floats = {v.name for v in probe.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names = [o for n in probe.graph.node for o in n.output if o in floats and o not in known]
+    probe.graph.output.extend(v for v in probe.graph.value_info if v.name in set(names))
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, {input_name: np.ascontiguousarray(sample)})
+    except Exception:  # noqa: BLE001 - a probe only: without it the quantizer runs as before
+        return set()
+    bad = {o.name for o, v in zip(sess.get_outputs(), outs, strict=True)
+           if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v))}
+    return {n.name for n in model.graph.node if bad & (set(n.input) | set(n.output))}

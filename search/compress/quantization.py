@@ -36,7 +36,7 @@ from search.compress.bits import VALID_BITS
 from search.compress.export import INPUT_NAME, _quiet, short_reason
 from search.compress.onnx_names import WEIGHTED_OPS, node_layer
 from search.compress.qdq_graph import compact as compact_graph
-from search.compress.qdq_graph import float_inputs_for_fp32, sandwiched_fp32
+from search.compress.qdq_graph import float_inputs_for_fp32, nonfinite_nodes, sandwiched_fp32
 from search.errors import TrialFailure
 
 Method = Literal["minmax", "entropy", "percentile"]
@@ -125,10 +125,11 @@ def quantize(
         try:
             with _quiet():
                 if plan.qdq_layers:
+                    nonfinite = nonfinite_nodes(model, calibration[:8], INPUT_NAME)  # -inf attention masks
                     cfg = get_qdq_config(
                         model, _Reader(calibration, calibration_batch), calibrate_method=_METHODS[method],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=per_channel, nodes_to_exclude=sorted(plan.exclude),
+                        per_channel=per_channel, nodes_to_exclude=sorted(plan.exclude | nonfinite),
                         tensor_quant_overrides=plan.overrides or None,
                         extra_options={"QuantizeBias": quantize_bias},
                     )

@@ -44,23 +44,58 @@ def existing(path: str | os.PathLike, what: str) -> Path:
 _THREAD_LOCK = threading.Lock()
 
 
+def _lock_path(kind: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"hwsearch-{kind}-{os.getuid()}.lock"
+
+
 @contextmanager
 def exclusive() -> Iterator[None]:
     """One local measurement at a time on this host, across threads and study worker processes: two rounds
-    at once would time each other. flock is released by the kernel if a worker dies."""
+    at once would time each other. Training steps of study workers (`training_step`) pause meanwhile: the
+    measurement waits for the steps in flight, and no new one starts until it is done. flock is released
+    by the kernel if a worker dies."""
     with _THREAD_LOCK:
         try:
             import fcntl
         except ImportError:  # not POSIX: threads are still serialised
             yield
             return
-        path = Path(tempfile.gettempdir()) / f"hwsearch-measure-{os.getuid()}.lock"
-        with open(path, "a") as f:
+        with open(_lock_path("measure"), "a") as f, open(_lock_path("train"), "a") as steps:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
+                fcntl.flock(steps, fcntl.LOCK_EX)  # the training steps in flight have finished
+                fcntl.flock(steps, fcntl.LOCK_UN)  # later ones see the measure lock held and wait
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def training_step() -> Iterator[None]:
+    """Hold one training step of a study worker off while a local measurement runs on this host (the
+    `step_guard` of distillation). Order matters: the step is announced first (shared `train` lock), then
+    the measure lock is checked, so a measurement that starts in between waits for this step."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(_lock_path("train"), "a") as steps, open(_lock_path("measure"), "a") as gate:
+        while True:
+            fcntl.flock(steps, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # a measurement runs: step back, wait for its end, try again
+                fcntl.flock(steps, fcntl.LOCK_UN)
+                fcntl.flock(gate, fcntl.LOCK_SH)
+                fcntl.flock(gate, fcntl.LOCK_UN)
+                continue
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            break
+        try:
+            yield
+        finally:
+            fcntl.flock(steps, fcntl.LOCK_UN)
 
 
 class LocalBackend:

@@ -79,6 +79,16 @@ class Context:
         return example_input(self.task)
 
     @property
+    def step_guard(self):
+        """Training steps pause while a local measurement runs on this host (another worker's, or another
+        study's): the latency recorded during a busy study is the idle machine's. None for a remote device."""
+        if self.profile.measure.backend != "local":
+            return None
+        from search.measure.local import training_step
+
+        return training_step
+
+    @property
     def examples(self) -> torch.Tensor:
         """Inputs that export and check a student (export_onnx's `example`)."""
         return example_input(self.task, 3)

@@ -193,7 +193,7 @@ class Objective:
                 distill(student, ctx.task.train, teacher_logits=ctx.teacher_logits(), temperature=plan.temperature,
                         alpha=plan.alpha, epochs=budget.epochs, steps=budget.steps, max_samples=budget.max_samples,
                         lr=ctx.space.distillation.lr, batch_size=ctx.space.distillation.batch_size, seed=plan.seed,
-                        device=ctx.device, num_threads=ctx.threads)
+                        device=ctx.device, num_threads=ctx.threads, step_guard=ctx.step_guard)
             student.cpu()
             trained = True
             candidate = export_and_quantize("final")

@@ -55,6 +55,20 @@ def _split_reference(task: Task, reference_onnx: Path) -> Path:
     return split
 
 
+def _probe_pruning(task: Task, groups: dict[str, list[str]]) -> str:
+    """Prune every group by half once: a model whose dependency graph traces but whose pruning step fails
+    (torch-pruning's index mapping on some channel shuffles) would otherwise fail the same way in every
+    trial, a search axis that never applies. Returns the reason to skip pruning, or ""."""
+    from search.compress import prune
+
+    result = prune(task.teacher, example_input(task), dict.fromkeys(groups, 0.5), channel_multiple=1)
+    applied = result.applied(dict.fromkeys(groups, 0.5))
+    if any(a["applied"] > 0 for a in applied.values()):
+        return ""
+    reasons = sorted({a.get("reason", "") for a in applied.values()} - {""})
+    return f"pruning every unit by half removed nothing ({reasons[0] if reasons else 'no reason given'})"
+
+
 def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
     """The search units. A model torch-pruning cannot trace (a channel shuffle it cannot map) is still
     searched over quantization and distillation; the reason is kept as `pruning_skipped`."""
@@ -69,6 +83,9 @@ def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> Searc
         groups, skipped = {}, f"torch-pruning cannot trace the model's channels ({short_reason(exc)})"
     if not skipped and not groups and any(r > 0 for r in space.pruning.ratios):
         skipped = "no layer's output channels can be pruned (each is the classifier, never_prune or coupled to it)"
+    if groups and not skipped:
+        skipped = _probe_pruning(task, groups)
+        groups = {} if skipped else groups
     nodes = weighted_nodes(_split_reference(task, reference_onnx))
     quantizable = list(nodes)
     return SearchLayers(groups=groups, blocks=layer_blocks(task.teacher, list(groups)), quantizable=quantizable,

@@ -1,0 +1,58 @@
+"""Measurements that training workers cannot disturb: while a local measurement runs, training steps guarded
+by `training_step` (every study worker's distillation steps) wait, so the latency recorded during a busy study
+is the idle machine's. The control measures the same model under the same load without the pause."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from _measure_fixtures import models
+
+from search.config.profile import DeviceProfile
+from search.measure import runner
+from search.measure.local import LocalBackend
+
+pytestmark = pytest.mark.slow
+
+# Two torch threads on this host's cores (2 in CI): the measurement's pinned core is always contended
+# unless the steps pause.
+TRAINER = """
+import sys, time, torch
+from search.measure.local import training_step
+torch.set_num_threads(2)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
+opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+x = torch.rand(16, 3, 32, 32)
+stop = time.monotonic() + float(sys.argv[1])
+print("ready", flush=True)
+while time.monotonic() < stop:
+    with training_step():
+        opt.zero_grad(); net(x).square().mean().backward(); opt.step()
+"""
+SETTINGS = {"warmup": 50, "repeats": 400, "rounds": 3}
+
+
+def _p50(backend: LocalBackend | None, model: str) -> float:
+    if backend is not None:
+        return backend.measure(model).latency.p50_ms
+    return runner.measure(model, **SETTINGS)["latency"]["p50_ms"]  # no exclusive(): training does not pause
+
+
+def test_training_steps_pause_while_a_measurement_runs():
+    model = str(models()["fp32"])
+    backend = LocalBackend(DeviceProfile(name="iso", runtime={"threads": 1}, measure=SETTINGS))
+    idle = min(_p50(backend, model) for _ in range(2))
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "120"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # steps are running
+        disturbed = _p50(None, model)
+        guarded = _p50(backend, model)
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert disturbed > 1.15 * idle, (idle, disturbed)  # the load is real: without the pause it shows
+    assert guarded <= 1.10 * idle, (idle, guarded, disturbed)
