@@ -162,3 +162,37 @@ def test_cli_table_json_and_bad_input(tmp_path, digits_task):
         p = run_cli(*args, *bad)
         assert p.returncode == 2, (bad, p.stderr)
         assert len(p.stderr.strip().splitlines()) == 1 and words in p.stderr, p.stderr
+
+
+def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp_path, digits_task):
+    """`hwsearch run --seed-plans`: sensitivity first (cached under results/sensitivity/), then the allocated plans
+    run as trials after the baselines, marked `seeded`, with what the additive model predicted beside what was
+    measured; a second study of the same task, space and profile reuses the cached analysis."""
+    from _study_fixtures import write_configs
+
+    from search.inspect import load_study
+
+    results = make_results(tmp_path / "results", digits_task)
+    space, prof = write_configs(tmp_path, latency_ms=50.0)
+    args = ["--task", "digits", "--space", str(space), "--device", str(prof), "--results", str(results),
+            "--no-progress", "--seed-plans"]
+    first = run_cli("run", *args, "--trials", "9", "--study", "seeded")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "seeded plans" in first.stderr and "search units:" in first.stderr
+    cached = list((results / "sensitivity").glob("sensitivity-*.json"))
+    assert len(cached) == 1
+    view = load_study("seeded", results=results)
+    seeded = [r for r in view.trials if r.seeded is not None]
+    assert seeded and all(r.predicted and r.predicted["target_ms"] > 0 for r in seeded)
+    baselines = [r.number for r in view.trials if r.baseline]
+    assert min(r.number for r in seeded) > max(baselines)  # after the baselines
+    table = view.seeded
+    assert len(table) == len([r for r in seeded if r.state == "COMPLETE" and r.predicted.get("feasible")])
+    assert table.latency_error.notna().all() and (table.predicted_ms > 0).all()
+    assert "Seeded plans: predicted vs measured" in view.report(tmp_path / "r.html").read_text()
+    mtime = cached[0].stat().st_mtime
+    second = run_cli("run", *args, "--trials", "5", "--study", "seeded-again")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert cached[0].stat().st_mtime == mtime  # not analysed again
+    again = load_study("seeded-again", results=results)
+    assert {r.seeded for r in again.trials if r.seeded is not None} == {r.seeded for r in seeded}

@@ -262,6 +262,11 @@ def build_html(view: StudyData) -> str:
                 "This task has no held-out test split: the accuracies shown are the selection set's, the same "
                 "data that chose the front, not a held-out estimate.")
     gaps = not_applied(view)
+    seeded = view.seeded
+    seeded_html = ("" if seeded.empty else '<h2>Seeded plans: predicted vs measured</h2><p class="muted">Plans '
+                   "allocated from the per-unit sensitivity at latency targets (share of the teacher's); the "
+                   "additive model's latency error and the accuracy after the explore budget.</p>"
+                   + html_table(seeded))
     units = view.units
     unit_html = "".join(
         f"<p><b>{html.escape(axis)}</b> ({len(names)}): {html.escape(', '.join(names)) or 'none'}</p>"
@@ -288,6 +293,7 @@ open black symbols: seeded baselines; dashed lines: the profile's budgets and th
 <h2>Per-layer plans</h2>{divs["layers"]}
 <h3>Asked but not applied as asked</h3>
 {html_table(gaps) if len(gaps) else "<p>none: every front point runs as planned</p>"}
+{seeded_html}
 <h2>Search units</h2><p class="muted">One pruning ratio and one bit-width is searched per unit (the space's
 granularity: a block is a repeated unit of the network such as a residual block).</p>{unit_html}
 <h2>Search progress</h2>{divs["hypervolume"]}

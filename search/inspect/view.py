@@ -84,6 +84,13 @@ class StudyData:
         return SearchSpace.model_validate_json(json.dumps(self._attr(S_SPACE)))
 
     @property
+    def seeded(self) -> pd.DataFrame:
+        """Sensitivity-allocated plans: predicted vs measured latency and accuracy (`search.inspect.seeded`)."""
+        from search.inspect.seeded import seeded_table
+
+        return seeded_table(self.trials)
+
+    @property
     def units(self) -> dict[str, Any]:
         """The search units as the run used them: {"pruning": {unit: layers}, "quantization": {unit: layers},
         "pruning_skipped": why the model has no pruning axis, "" when it has one}."""

@@ -156,6 +156,15 @@ def allocate_many(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGET
     return [allocate(sens, t, floor_ms=floor_ms) for t in targets]
 
 
+def span_targets(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS) -> tuple[float, ...]:
+    """Latency targets spanning the teacher's latency down to the measured floor: the fixed shares of
+    `targets` the floor allows, and four steps between the teacher and the floor (a small model's floor is
+    often above half the teacher's latency: fixed shares alone would seed nothing)."""
+    floor = (sens.floor_ms or 0.0) / sens.teacher_latency_ms if sens.teacher_latency_ms else 0.0
+    spanned = (round(floor + (1.0 - floor) * k, 3) for k in (0.75, 0.5, 0.25, 0.02))
+    return tuple(sorted({t for t in (*targets, *spanned) if floor <= t < 1.0}, reverse=True))
+
+
 def seeded_trials(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS, *,
                   floor_ms: float | None = None) -> dict[str, tuple[dict, dict]]:
     """{"sensitivity-<target>": (params, predicted)} of the feasible plans, for

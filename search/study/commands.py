@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
     p.add_argument("--max-failures", type=_non_negative_int, default=10, metavar="N",
                    help="stop after N failed trials in a row, keeping every finished one (0: never stop)")
+    p.add_argument("--seed-plans", action="store_true",
+                   help="measure per-unit sensitivity first (cached), then enqueue plans allocated from it at "
+                        "latency targets 0.7, 0.5, 0.4, 0.33 of the teacher's, after the baselines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--worker-id", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
@@ -74,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      artifacts=args.artifacts, workers=args.workers, sampler=args.sampler, seed=args.seed,
                      timeout=args.timeout, results=args.results, refine=args.refine, train_on=args.train_on,
                      data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id,
-                     max_failures=args.max_failures)
+                     max_failures=args.max_failures, seed_plans=args.seed_plans)
     except KeyboardInterrupt:
         print(f"stopped: study '{args.study}' keeps every finished trial; rerun the same command to resume",
               file=sys.stderr)

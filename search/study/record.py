@@ -36,6 +36,8 @@ S_HAS_TEST = "has_test"  # False for a task without a `test` split: accuracies a
 # Trial user attributes.
 T_PLAN = "plan"  # Plan.to_dict()
 T_BASELINE = "baseline"  # one of BASELINES
+T_SEEDED = "seeded"  # the latency target (fraction of the teacher's) a sensitivity-allocated plan was solved for
+T_PREDICTED = "predicted"  # what the additive sensitivity model predicted for a seeded plan
 T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer budget
 T_BUDGET = "budget"  # "explore" | "refine"
 T_TRAINED = "trained"  # False when hardware-first skipping skipped distillation
@@ -97,6 +99,8 @@ class TrialRecord:
     precision: dict = field(default_factory=dict)
     onnx_sha256: str | None = None
     test: dict | None = None  # this trial's entry of S_TEST_SCORES, when it was scored
+    seeded: float | None = None
+    predicted: dict | None = None
 
     @classmethod
     def from_trial(cls, t: Any, test_scores: dict | None = None) -> TrialRecord:
@@ -123,4 +127,6 @@ class TrialRecord:
             precision=ua.get(T_PRECISION, {}),
             onnx_sha256=ua.get(T_ONNX_SHA256),
             test=(test_scores or {}).get(str(t.number)),
+            seeded=ua.get(T_SEEDED),
+            predicted=ua.get(T_PREDICTED),
         )

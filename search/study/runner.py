@@ -19,7 +19,16 @@ import optuna
 
 from search.config import load_profile, load_space
 from search.errors import RunStopped, UserError, disk_full
-from search.study.record import DIRECTIONS, S_ARTIFACTS, T_BASELINE, T_BUDGET, T_FAIL_REASON, T_REFINED_FROM
+from search.study.record import (
+    DIRECTIONS,
+    S_ARTIFACTS,
+    T_BASELINE,
+    T_BUDGET,
+    T_FAIL_REASON,
+    T_PREDICTED,
+    T_REFINED_FROM,
+    T_SEEDED,
+)
 from search.study.refine import enqueue_refinements
 from search.study.settings import RunSettings
 from search.study.stops import CtrlC, FailureStreak, check_stop, disk_full_stop
@@ -144,9 +153,26 @@ class _Run:
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile).items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
+            if s.seed_plans:
+                self._enqueue_seeded(ctx)
         store = optuna.artifacts.FileSystemArtifactStore(str(s.artifacts_dir))
         self.bar = TrialProgress(st, total=s.trials + s.refine, enabled=s.progress)
         self.objective = Objective(ctx, store, on_stage=self.bar.stage, checkpoint=self.ctrl_c.check)
+
+    def _enqueue_seeded(self, ctx) -> None:
+        """Sensitivity first (cached per task, profile, space and seed under results/sensitivity/, so a resumed
+        or repeated study does not pay again), then one plan per latency target, after the baselines."""
+        from search.study.allocate import seeded_trials, span_targets
+        from search.study.sensitivity import measure_sensitivity
+
+        sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
+        plans = seeded_trials(sens, span_targets(sens))
+        print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
+              f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
+        for name, (params, predicted) in plans.items():
+            target = float(name.rsplit("-", 1)[1])
+            self.study.enqueue_trial(params, user_attrs={T_SEEDED: target, T_PREDICTED: predicted},
+                                     skip_if_exists=True)
 
     def spawn_workers(self) -> None:
         if self.s.worker_id == 0 and self.s.workers > 1:

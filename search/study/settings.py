@@ -41,6 +41,7 @@ class RunSettings:
     worker_id: int = 0  # 0: the process that seeds baselines, refines and writes the outputs
     write_outputs: bool = True  # test scores of the front, front.csv and report.html at the end
     max_failures: int = 10  # stop after this many failed trials in a row (0: never)
+    seed_plans: bool = False  # sensitivity first (cached under results/sensitivity/), then allocated plans
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
