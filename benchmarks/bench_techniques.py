@@ -141,6 +141,30 @@ def study_rows(name: str, results: Path, task_name: str, work: Path) -> tuple[li
     return rows, cost
 
 
+def targets(rows: list[dict]) -> dict:
+    """The headline targets, judged on the held-out test split over every row of this run: the fastest model
+    within 1 point of the fp32 teacher's top-1 (target: 5x), and the fastest within 0.5 point of uniform int8
+    PTQ's top-1 with its speedup over PTQ (target: 2x). Measured, not assumed: None when no row qualifies."""
+    teacher = rows[0]
+    ptq = next(r for r in rows if r["technique"] == "quantization")
+    timed = [r for r in rows if r.get("speedup")]
+
+    def fastest(floor: float) -> dict | None:
+        ok = [r for r in timed if r["top1"] >= floor]
+        best = max(ok, key=lambda r: r["speedup"]) if ok else None
+        return None if best is None else {"name": best["name"], "speedup": best["speedup"], "top1": best["top1"],
+                                          "change_pts": best["acc_change_pts"], "se": best["acc_change_se"]}
+
+    within_teacher = fastest(teacher["top1"] - 0.01)
+    within_ptq = fastest(ptq["top1"] - 0.005)
+    over_ptq = within_ptq["speedup"] / ptq["speedup"] if within_ptq and ptq.get("speedup") else None
+    return {"within_1pt_of_teacher": within_teacher, "reached_5x": bool(within_teacher and
+                                                                        within_teacher["speedup"] >= 5),
+            "ptq": {"speedup": ptq.get("speedup"), "top1": ptq["top1"]},
+            "within_half_pt_of_ptq": within_ptq, "over_ptq": over_ptq, "reached_2x_over_ptq": bool(over_ptq and
+                                                                                                  over_ptq >= 2)}
+
+
 def _delta(m: dict | None) -> str:
     if not m or m["measured"] is None:
         return "-"
@@ -227,6 +251,7 @@ def main() -> int:
         time_model(r, Path(r["path"]), teacher, settings["rounds"], profile)
         r["path"] = shown(r["path"])
 
+    result["targets"] = targets(rows)
     result.update(task=args.task, profile=profile.name, space=shown(args.space), study=args.study,
                   settings={**settings, "prune_ratio": args.ratio, "kd": KD,
                             "channel_multiple": profile.channel_multiple,

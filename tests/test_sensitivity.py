@@ -175,7 +175,7 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     results = make_results(tmp_path / "results", digits_task)
     space, prof = write_configs(tmp_path, latency_ms=50.0)
     args = ["--task", "digits", "--space", str(space), "--device", str(prof), "--results", str(results),
-            "--no-progress", "--seed-plans"]
+            "--seed-plans"]
     first = run_cli("run", *args, "--trials", "9", "--study", "seeded")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "seeded plans" in first.stderr and "search units:" in first.stderr

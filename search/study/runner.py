@@ -147,7 +147,7 @@ class _Run:
         ctx = build_context(st, self.task, self.space, self.profile, s.study_dir, seed=s.seed, train_on=s.train_on,
                             threads=_threads_per_worker(s.workers), task_spec=s.task, space_file=str(s.space),
                             profile_file=str(s.device))
-        if s.worker_id == 0:
+        if s.worker_id == 0 and s.progress:  # with the progress lines (--no-progress: errors only)
             print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
                   file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
@@ -167,8 +167,9 @@ class _Run:
 
         sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
         plans = seeded_trials(sens, span_targets(sens))
-        print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
-              f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
+        if self.s.progress:
+            print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
+                  f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
         for name, (params, predicted) in plans.items():
             target = float(name.rsplit("-", 1)[1])
             self.study.enqueue_trial(params, user_attrs={T_SEEDED: target, T_PREDICTED: predicted},

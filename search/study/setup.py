@@ -34,6 +34,7 @@ from search.tasks.arrays import calibration_sample, dataset_arrays, feed_sample
 from search.utils.atomic import atomic_path
 
 REFERENCE_NAME = "reference.onnx"
+ANCHOR_ROUNDS = 3
 
 
 def _split_reference(task: Task, reference_onnx: Path) -> Path:
@@ -163,7 +164,11 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
     )
     if S_TEACHER not in attrs:
         with _step(task, "measuring the teacher on the device profile", exit_code=1):
-            m = ctx.measure(reference)  # the first measurement: its anchor becomes the study's
+            # The study's drift anchor: the teacher over ANCHOR_ROUNDS fresh-process rounds, not one, since
+            # every later latency is a ratio to it times this value.
+            rounds = max(ANCHOR_ROUNDS, profile.measure.rounds)
+            anchored = profile.model_copy(update={"measure": profile.measure.model_copy(update={"rounds": rounds})})
+            m = get_backend(anchored, sample=sample).measure(reference, reference)
         ctx.backend = get_backend(profile, reference_baseline=m.reference_baseline, sample=sample)
         import torch_pruning as tp
 
