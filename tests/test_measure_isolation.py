@@ -17,11 +17,13 @@ from search.measure.local import LocalBackend
 
 pytestmark = pytest.mark.slow
 
-# Two torch threads on this host's cores (2 in CI): the measurement's pinned core is always contended
-# unless the steps pause.
+# Training threads on every core the measurement may use (its pinned core is the last allowed one): the
+# measured core is always contended unless the steps pause.
 TRAINER = """
-import sys, time, torch
+import os, sys, time, torch
 from search.measure.local import training_step
+cores = sorted(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cores[-1]})
 torch.set_num_threads(2)
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
 opt = torch.optim.SGD(net.parameters(), lr=1e-3)
