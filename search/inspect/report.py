@@ -16,6 +16,7 @@ import pandas as pd
 
 from search.compress.bits import BITS_TO_PRECISION
 from search.inspect.front import Reference, hypervolume_history, reference_point
+from search.inspect.seeded import seeded_section, units_section
 from search.study.record import BASELINES, S_LAYERS, S_SPACE, TrialRecord
 from search.utils.atomic import atomic_write_text
 
@@ -262,17 +263,7 @@ def build_html(view: StudyData) -> str:
                 "This task has no held-out test split: the accuracies shown are the selection set's, the same "
                 "data that chose the front, not a held-out estimate.")
     gaps = not_applied(view)
-    seeded = view.seeded
-    seeded_html = ("" if seeded.empty else '<h2>Seeded plans: predicted vs measured</h2><p class="muted">Plans '
-                   "allocated from the per-unit sensitivity at latency targets (share of the teacher's); the "
-                   "additive model's latency error and the accuracy after the explore budget.</p>"
-                   + html_table(seeded))
-    units = view.units
-    unit_html = "".join(
-        f"<p><b>{html.escape(axis)}</b> ({len(names)}): {html.escape(', '.join(names)) or 'none'}</p>"
-        for axis, names in (("pruning", list(units["pruning"])), ("quantization", list(units["quantization"]))))
-    if units["pruning_skipped"]:
-        unit_html += f'<p class="muted">Pruning skipped: {html.escape(units["pruning_skipped"])}</p>'
+    seeded_html, unit_html = seeded_section(view.seeded, html_table), units_section(view.units)
     card_html = "".join(f'<div class="card"><span class="muted">{html.escape(k)}</span><b>{html.escape(v)}</b></div>'
                         for k, v in cards)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,10 +1,13 @@
 """Seeded plans (`hwsearch run --seed-plans`): what the additive sensitivity model predicted for each plan it
-allocated, against what the trial measured. Additive sensitivities are an approximation; this is its error."""
+allocated, against what the trial measured (additive sensitivities are an approximation; this is its error);
+and the report's sections on them and on the search units."""
 
 from __future__ import annotations
 
+import html
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,3 +37,20 @@ def seeded_table(records: list[TrialRecord]) -> pd.DataFrame:
                      "predicted_accuracy": float(p["accuracy"]), "accuracy": float(r.values[0]),
                      "trained": r.trained})
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def seeded_section(table: pd.DataFrame, render: Callable[[pd.DataFrame], str]) -> str:
+    if table.empty:
+        return ""
+    return ('<h2>Seeded plans: predicted vs measured</h2><p class="muted">Plans allocated from the per-unit '
+            "sensitivity at latency targets (share of the teacher's); the additive model's latency error and the "
+            "accuracy after the explore budget.</p>" + render(table))
+
+
+def units_section(units: dict[str, Any]) -> str:
+    out = "".join(f"<p><b>{axis}</b> ({len(names)}): {html.escape(', '.join(names)) or 'none'}</p>"
+                  for axis, names in (("pruning", list(units["pruning"])),
+                                      ("quantization", list(units["quantization"]))))
+    if units["pruning_skipped"]:
+        out += f'<p class="muted">Pruning skipped: {html.escape(units["pruning_skipped"])}</p>'
+    return out
