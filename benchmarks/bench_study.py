@@ -42,7 +42,8 @@ PRESETS = {
                                     "device_profiles/local-1core.yaml", "--trials", "24", "--refine", "4")),
     # the realistic-size teacher (ResNet-18 at half width, ~1.2 ms): README's headline
     "resnet18": Preset("resnet18", ("--task", "fashion-mnist-resnet18", "--space", "spaces/default.yaml", "--device",
-                                    "device_profiles/local-1core.yaml", "--trials", "16", "--refine", "3")),
+                                    "device_profiles/local-1core.yaml", "--trials", "14", "--refine", "1",
+                                    "--seed-plans")),
 }
 
 
