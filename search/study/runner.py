@@ -147,9 +147,10 @@ class _Run:
         ctx = build_context(st, self.task, self.space, self.profile, s.study_dir, seed=s.seed, train_on=s.train_on,
                             threads=_threads_per_worker(s.workers), task_spec=s.task, space_file=str(s.space),
                             profile_file=str(s.device))
-        if s.worker_id == 0 and s.progress:  # with the progress lines (--no-progress: errors only)
-            print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
-                  file=sys.stderr, flush=True)
+        if s.worker_id == 0:
+            if s.progress:  # with the progress lines (--no-progress: errors only)
+                print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
+                      file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile).items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
