@@ -169,6 +169,7 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
             rounds = max(ANCHOR_ROUNDS, profile.measure.rounds)
             anchored = profile.model_copy(update={"measure": profile.measure.model_copy(update={"rounds": rounds})})
             m = get_backend(anchored, sample=sample).measure(reference, reference)
+            cache.put(cache.key(reference, profile, reference), m)  # the teacher's structure: measured
         ctx.backend = get_backend(profile, reference_baseline=m.reference_baseline, sample=sample)
         import torch_pruning as tp
 
