@@ -189,7 +189,10 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     table = view.seeded
     assert len(table) == len([r for r in seeded if r.state == "COMPLETE" and r.predicted.get("feasible")])
     assert table.latency_error.notna().all() and (table.predicted_ms > 0).all()
-    assert "Seeded plans: predicted vs measured" in view.report(tmp_path / "r.html").read_text()
+    report = view.report(tmp_path / "r.html").read_text()
+    assert "Seeded plans: predicted vs measured" in report and 'id="sensitivity"' in report
+    sens = view.sensitivity
+    assert len(sens) == json.loads(cached[0].read_text())["rows"].__len__() and set(sens.kind) == {"prune", "bits"}
     mtime = cached[0].stat().st_mtime
     second = run_cli("run", *args, "--trials", "5", "--study", "seeded-again")
     assert second.returncode == 0, second.stderr[-2000:]

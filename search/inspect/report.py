@@ -263,7 +263,7 @@ def build_html(view: StudyData) -> str:
                 "This task has no held-out test split: the accuracies shown are the selection set's, the same "
                 "data that chose the front, not a held-out estimate.")
     gaps = not_applied(view)
-    seeded_html, unit_html = seeded_section(view.seeded, html_table), units_section(view.units)
+    seeded_html, unit_html = seeded_section(view.seeded, html_table, view.sensitivity), units_section(view.units)
     card_html = "".join(f'<div class="card"><span class="muted">{html.escape(k)}</span><b>{html.escape(v)}</b></div>'
                         for k, v in cards)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

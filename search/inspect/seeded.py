@@ -39,12 +39,33 @@ def seeded_table(records: list[TrialRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def seeded_section(table: pd.DataFrame, render: Callable[[pd.DataFrame], str]) -> str:
+def seeded_section(table: pd.DataFrame, render: Callable[[pd.DataFrame], str], sensitivity: pd.DataFrame) -> str:
+    out = "" if sensitivity.empty else (
+        '<h2>Sensitivity: what each unit costs and buys</h2><p class="muted">The teacher with one change (a unit '
+        "pruned, or quantized), untrained: accuracy points lost against latency saved. Bottom right: cut it; top "
+        "left: keep it.</p>" + sensitivity_figure(sensitivity).to_html(full_html=False, include_plotlyjs=False,
+                                                                        div_id="sensitivity"))
     if table.empty:
-        return ""
-    return ('<h2>Seeded plans: predicted vs measured</h2><p class="muted">Plans allocated from the per-unit '
-            "sensitivity at latency targets (share of the teacher's); the additive model's latency error and the "
-            "accuracy after the explore budget.</p>" + render(table))
+        return out
+    return out + ('<h2>Seeded plans: predicted vs measured</h2><p class="muted">Plans allocated from the per-unit '
+                  "sensitivity at latency targets (share of the teacher's); the additive model's latency error and "
+                  "the accuracy after the explore budget.</p>" + render(table))
+
+
+def sensitivity_figure(df: pd.DataFrame) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind, part in df.groupby("kind", sort=True):
+        label = "pruned" if kind == "prune" else "quantized"
+        fig.add_trace(go.Scatter(
+            x=100 * part.latency_saved_frac, y=part.accuracy_drop, mode="markers", name=label,
+            marker={"size": 9, "symbol": "circle" if kind == "prune" else "diamond"},
+            text=[f"{u} {'ratio' if k == 'prune' else 'bits'} {v:g}" for u, k, v in
+                  zip(part.unit, part.kind, part.value, strict=True)], hoverinfo="text+x+y"))
+    fig.update_layout(xaxis_title="latency saved (% of the teacher's)", yaxis_title="accuracy lost (points, val)",
+                      height=460, margin={"l": 60, "r": 20, "t": 30, "b": 50})
+    return fig
 
 
 def units_section(units: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from search.study.record import (
     S_LAYERS,
     S_PROFILE,
     S_REFERENCE_ONNX,
+    S_SENSITIVITY,
     S_SPACE,
     S_TASK,
     S_TEACHER,
@@ -89,6 +90,15 @@ class StudyData:
         from search.inspect.seeded import seeded_table
 
         return seeded_table(self.trials)
+
+    @property
+    def sensitivity(self) -> pd.DataFrame:
+        """Each unit changed alone on the teacher (`--seed-plans`): accuracy cost (points) and latency gain
+        (share of the teacher's); empty for a study run without it."""
+        import pandas as pd
+
+        cols = ["unit", "kind", "value", "accuracy_drop", "latency_saved_frac"]
+        return pd.DataFrame(self.attrs.get(S_SENSITIVITY) or [], columns=cols)
 
     @property
     def units(self) -> dict[str, Any]:

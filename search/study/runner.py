@@ -22,6 +22,7 @@ from search.errors import RunStopped, UserError, disk_full
 from search.study.record import (
     DIRECTIONS,
     S_ARTIFACTS,
+    S_SENSITIVITY,
     T_BASELINE,
     T_BUDGET,
     T_FAIL_REASON,
@@ -168,6 +169,9 @@ class _Run:
 
         sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
         plans = seeded_trials(sens, span_targets(sens))
+        self.study.set_user_attr(S_SENSITIVITY, [  # the report's chart and load_study(...).sensitivity
+            {"unit": r.unit, "kind": r.kind, "value": r.value, "accuracy_drop": r.accuracy_drop,
+             "latency_saved_frac": r.latency_saved_frac} for r in sens.rows])
         if self.s.progress:
             print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
                   f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
