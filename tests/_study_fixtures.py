@@ -7,12 +7,16 @@ from pathlib import Path
 
 from conftest import RESULTS
 
-TINY_SPACE = """name: tiny
+
+def space_text(name: str = "tiny", budget: str = "{steps: 40}", refine: str = "{steps: 160}",
+               max_drop: float = 0.3) -> str:
+    """A small real search space: short distillation, three ratios, fp32 or int8."""
+    return f"""name: {name}
 distillation:
-  temperature: {low: 1.0, high: 8.0, log: true}
-  alpha: {low: 0.0, high: 0.7}
-  budget: {steps: 40}
-  refine: {steps: 160}
+  temperature: {{low: 1.0, high: 8.0, log: true}}
+  alpha: {{low: 0.0, high: 0.7}}
+  budget: {budget}
+  refine: {refine}
   lr: 0.003
   batch_size: 64
 pruning:
@@ -20,10 +24,13 @@ pruning:
   granularity: block
 quantization:
   bits: [32, 8]
-  calibration: {samples: 64}
+  calibration: {{samples: 64}}
 accuracy:
-  max_drop: 0.3
+  max_drop: {max_drop}
 """
+
+
+TINY_SPACE = space_text()
 
 
 QUICK_MEASURE = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60"

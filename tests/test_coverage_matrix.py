@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _study_fixtures import profile_text
+from _study_fixtures import profile_text, space_text
 
 pytestmark = pytest.mark.slow  # six real studies through the CLI (minutes)
 
@@ -40,23 +40,7 @@ TRIALS = 4  # the four seeded baselines: uniform 50% pruning and uniform int8 ar
 TEACHER_FLOOR = {"resnet": 0.9, "mobilenetv3": 0.9, "efficientnet": 0.9, "shufflenet": 0.9, "vit": 0.85,
                  "bert": 0.95}
 
-SPACE = """name: zoo
-distillation:
-  temperature: {low: 1.0, high: 8.0, log: true}
-  alpha: {low: 0.0, high: 0.7}
-  budget: {steps: 30, max_samples: 512}
-  refine: {steps: 30}
-  lr: 0.003
-  batch_size: 64
-pruning:
-  ratios: [0.0, 0.25, 0.5]
-  granularity: block
-quantization:
-  bits: [32, 8]
-  calibration: {samples: 64}
-accuracy:
-  max_drop: 0.5
-"""
+SPACE = space_text("zoo", budget="{steps: 30, max_samples: 512}", refine="{steps: 30}", max_drop=0.5)
 
 
 def _pin_one_core() -> None:

@@ -31,24 +31,16 @@ from torch.utils.data import TensorDataset
 
 from search import Task
 from search.tasks.base import InputSpec
+from search.tasks.models import Normalize
 
 CACHE_ENV = "HWSEARCH_ZOO_CACHE"
 SEED = 0
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 8, 8)
+MEAN, STD = 0.3, 0.38  # digits pixels, normalised inside each model
 
 
 # ------------------------------------------------------------------------------------------------ shared parts
-class Normalize(nn.Module):
-    def __init__(self, mean: float = 0.3, std: float = 0.38) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
 class Wrapped(nn.Module):
     """Preprocessing baked in front of an unmodified network: how users ship a torchvision-like model."""
 
@@ -107,7 +99,7 @@ class ResNet(nn.Module):
 
 
 def resnet() -> nn.Module:
-    return Wrapped(pre=Normalize(), net=ResNet())
+    return Wrapped(pre=Normalize(MEAN, STD), net=ResNet())
 
 
 # ------------------------------------------------------------------------------------------------ 2. MobileNetV3
@@ -149,7 +141,7 @@ class InvertedResidualV3(nn.Module):
 class MobileNetV3(nn.Module):
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(MEAN, STD)
         self.stem = conv_bn(1, 16, 3, act=nn.Hardswish)
         self.features = nn.Sequential(
             InvertedResidualV3(16, 16, 16, 3, 1, se=True, act=nn.ReLU),
@@ -204,7 +196,7 @@ class MBConv(nn.Module):
 class EfficientNet(nn.Module):
     def __init__(self, num_classes: int = NUM_CLASSES, drop_path: float = 0.1) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(MEAN, STD)
         self.stem = conv_bn(1, 16, 3, act=nn.SiLU)
         cfg = [(16, 16, 1, 3, 1), (16, 24, 4, 3, 2), (24, 24, 4, 3, 1), (24, 32, 4, 5, 1), (32, 32, 4, 3, 1)]
         self.blocks = nn.Sequential(*[MBConv(*c, drop=drop_path * i / len(cfg)) for i, c in enumerate(cfg)])
@@ -253,7 +245,7 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV2(nn.Module):
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
-        self.normalize = Normalize()
+        self.normalize = Normalize(MEAN, STD)
         self.conv1 = conv_bn(1, 16, 3)
         self.stage2 = nn.Sequential(ShuffleUnit(16, 32, 2), ShuffleUnit(32, 32, 1))
         self.stage3 = nn.Sequential(ShuffleUnit(32, 48, 2), ShuffleUnit(48, 48, 1))
@@ -287,7 +279,7 @@ class ViT(nn.Module):
                  num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         tokens = (IMAGE_SHAPE[1] // patch) * (IMAGE_SHAPE[2] // patch)
-        self.normalize = Normalize()
+        self.normalize = Normalize(MEAN, STD)
         self.conv_proj = nn.Conv2d(IMAGE_SHAPE[0], dim, patch, patch)
         self.class_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embedding = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)

@@ -175,9 +175,8 @@ class _Run:
         if self.s.progress:
             print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
                   f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
-        for name, (params, predicted) in plans.items():
-            target = float(name.rsplit("-", 1)[1])
-            self.study.enqueue_trial(params, user_attrs={T_SEEDED: target, T_PREDICTED: predicted},
+        for params, predicted in plans.values():
+            self.study.enqueue_trial(params, user_attrs={T_SEEDED: predicted["target"], T_PREDICTED: predicted},
                                      skip_if_exists=True)
 
     def spawn_workers(self) -> None:
