@@ -40,6 +40,8 @@ from pathlib import Path
 from _common import REPO, BenchError, cli, fmt, header, mode_args, open_study, share_teachers, shown, table, write_json
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SEEDED = "+seeded"  # a variant: the same sampler after the --seed-plans plans (`tpe+seeded`)
+VARIANTS = SAMPLERS + tuple(s + SEEDED for s in SAMPLERS)
 MODES = {"quick": {"task": "digits", "trials": 8, "seeds": 2, "steps": 30},
          "full": {"task": "fashion-mnist", "trials": 16, "seeds": 3, "steps": None}}
 LATENCY_REF = 1.5  # x the fp32 teacher
@@ -61,22 +63,23 @@ def short_space(space: Path, steps: int, scratch: Path) -> Path:
     return out
 
 
-def run_study(name: str, scratch: Path, args, space: Path, sampler: str, seed: int) -> dict:
+def run_study(name: str, scratch: Path, args, space: Path, variant: str, seed: int) -> dict:
     import search
     from search.errors import RunStopped
 
     folder = scratch / name
     if folder.exists() and not args.keep:
         shutil.rmtree(folder)
+    sampler = variant.removesuffix(SEEDED)
     print(f"{name}: {args.trials} trials ...", flush=True)
     start, stopped = time.perf_counter(), None
-    try:
+    try:  # the seeded variants share one cached sensitivity table under <scratch>/sensitivity/
         search.run(args.task, space, args.device, args.trials, name, sampler=sampler, seed=seed, results=scratch,
-                   data_dir=args.data_dir, progress=False, write_outputs=False)
+                   data_dir=args.data_dir, progress=False, write_outputs=False, seed_plans=variant != sampler)
     except RunStopped as e:  # too many failures in a row: score what it has, say so
         stopped = str(e)
         print(f"  stopped: {stopped}")
-    return {"study": name, "sampler": sampler, "seed": seed, "wall_seconds": round(time.perf_counter() - start, 1),
+    return {"study": name, "sampler": variant, "seed": seed, "wall_seconds": round(time.perf_counter() - start, 1),
             "stopped": stopped}
 
 
@@ -131,7 +134,8 @@ def summarise(rows: list[dict], samplers: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode_args(parser)
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
+    parser.add_argument("--samplers", nargs="+", choices=VARIANTS, default=list(SAMPLERS),
+                        help="samplers; `X+seeded` runs X after the --seed-plans plans (allocated from sensitivity)")
     parser.add_argument("--task", help="built-in task or file.py:function (quick: digits, full: fashion-mnist)")
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "default.yaml")
     parser.add_argument("--device", type=Path, default=REPO / "device_profiles" / "local-1core.yaml")
@@ -164,7 +168,8 @@ def main() -> int:
     share_teachers(scratch, args.results.resolve())
     space = short_space(args.space, steps, scratch) if steps else args.space
     result = header("bench_samplers.py", mode_name)
-    rows = [run_study(f"{s}-s{seed}", scratch, args, space, s, seed) for seed in seeds for s in args.samplers]
+    rows = [run_study(f"{s.replace(SEEDED, '-seeded')}-s{seed}", scratch, args, space, s, seed)
+            for seed in seeds for s in args.samplers]
     for r in rows:
         r["trials"] = args.trials
 

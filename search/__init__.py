@@ -5,29 +5,23 @@ Public names are imported lazily so `import search` (and `hwsearch --help`) does
 
 from __future__ import annotations
 
-from search.utils.lazy import lazy_getattr
+from search.utils.lazy import exported, lazy_getattr
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# module -> the public names it defines
 _EXPORTS = {
-    "Task": "search.tasks",
-    "InputSpec": "search.tasks",
-    "load_task": "search.tasks",
-    "DeviceProfile": "search.config",
-    "SearchSpace": "search.config",
-    "load_profile": "search.config",
-    "load_space": "search.config",
-    "UserError": "search.errors",
-    "TrialFailure": "search.errors",
-    "Plan": "search.plan",
-    "kd_loss": "search.compress",
-    "measure": "search.measure",
-    "run": "search.pipeline",
-    "load_study": "search.inspect",
+    "search.tasks": ("Task", "InputSpec", "load_task"),
+    "search.config": ("DeviceProfile", "SearchSpace", "load_profile", "load_space"),
+    "search.errors": ("UserError", "TrialFailure"),
+    "search.plan": ("Plan",),
+    "search.compress": ("kd_loss",),
+    "search.measure": ("measure",),
+    "search.pipeline": ("run",),
+    "search.inspect": ("load_study",),
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *exported(_EXPORTS)]
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

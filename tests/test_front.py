@@ -160,3 +160,22 @@ def test_run_prints_the_same_front(real_study, capsys):
                           results_dir=real_study.folder, n_complete=0, n_failed=0, front_trials=()))
     out = capsys.readouterr().out
     assert f"{len(view.front)} on the front" in out and all(f"│ {n:>5} │" in out for n in view.front.trial)
+
+
+def test_trial_record_reads_each_field_from_its_attribute():
+    """Every TrialRecord field comes from the user attribute the search writes under that field's key."""
+    import dataclasses
+
+    from search.study import record
+
+    keys = {f.name: record._ATTR_KEYS.get(f.name, f.name) for f in dataclasses.fields(TrialRecord)
+            if f.name not in record._OWN_FIELDS}
+    written = {v for k, v in vars(record).items() if k.startswith("T_")}
+    assert set(keys.values()) <= written  # no field reads a key the search never writes
+    attrs = {key: f"value of {key}" for key in keys.values()}
+    trial = optuna.trial.create_trial(values=[0.9, 1.0, 2.0], user_attrs=attrs)
+    rec = TrialRecord.from_trial(trial, {str(trial.number): {"accuracy": 0.8}})
+    assert {name: getattr(rec, name) for name in keys} == {name: f"value of {key}" for name, key in keys.items()}
+    assert (rec.state, rec.values, rec.test) == ("COMPLETE", (0.9, 1.0, 2.0), {"accuracy": 0.8})
+    bare = TrialRecord.from_trial(optuna.trial.create_trial(values=[0.9, 1.0, 2.0]))
+    assert (bare.plan, bare.metrics, bare.feasible, bare.test) == (None, {}, False, None)

@@ -6,20 +6,16 @@ not pull in pandas or optuna.
 
 from __future__ import annotations
 
-from search.utils.lazy import lazy_getattr
+from search.utils.lazy import exported, lazy_getattr
 
 _EXPORTS = {
-    "load_study": "search.inspect.api",
-    "StudyView": "search.inspect.api",
-    "write_outputs": "search.inspect.api",
-    "compute_front": "search.inspect.front",
-    "export_trial": "search.inspect.export",
-    "ExportResult": "search.inspect.export",
-    "VerifyError": "search.inspect.verify",
-    "VerifyReport": "search.inspect.verify",
+    "search.inspect.api": ("load_study", "StudyView", "write_outputs"),
+    "search.inspect.front": ("compute_front",),
+    "search.inspect.export": ("export_trial", "ExportResult"),
+    "search.inspect.verify": ("VerifyError", "VerifyReport"),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = exported(_EXPORTS)
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,18 +6,15 @@ pull in optuna or torch.
 
 from __future__ import annotations
 
-from search.utils.lazy import lazy_getattr
+from search.utils.lazy import exported, lazy_getattr
 
 _EXPORTS = {
-    "BASELINES": "search.study.record",
-    "DIRECTIONS": "search.study.record",
-    "OBJECTIVES": "search.study.record",
-    "TrialRecord": "search.study.record",
-    "RunSettings": "search.study.settings",
-    "run_study": "search.study.runner",
+    "search.study.record": ("BASELINES", "DIRECTIONS", "OBJECTIVES", "TrialRecord"),
+    "search.study.settings": ("RunSettings",),
+    "search.study.runner": ("run_study",),
 }
 
-__all__ = list(_EXPORTS)
+__all__ = exported(_EXPORTS)
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ module, so a renamed attribute breaks loudly in one spot instead of silently in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # Objectives, in Optuna's value order.
@@ -82,52 +82,37 @@ class TrialRecord:
     number: int
     state: str  # COMPLETE | FAIL | RUNNING | WAITING | PRUNED
     values: tuple[float, ...] | None
-    plan: dict | None
-    metrics: dict = field(default_factory=dict)
-    constraints: dict = field(default_factory=dict)
+    # Each field below is the trial user attribute of the same name (or the one _ATTR_KEYS names).
+    plan: dict | None = None
     feasible: bool = False
     trained: bool = False
     baseline: str | None = None
     refined_from: int | None = None
     budget: str | None = None
-    stage_seconds: dict = field(default_factory=dict)
-    skipped_layers: dict = field(default_factory=dict)
-    fail_reason: str | None = None
-    onnx_artifact: str | None = None
-    plan_artifact: str | None = None
-    measurement: dict | None = None
-    pruned: dict = field(default_factory=dict)
-    precision: dict = field(default_factory=dict)
-    onnx_sha256: str | None = None
-    test: dict | None = None  # this trial's entry of S_TEST_SCORES, when it was scored
     seeded: float | None = None
     predicted: dict | None = None
+    fail_reason: str | None = None
+    measurement: dict | None = None
+    onnx_sha256: str | None = None
+    onnx_artifact: str | None = None
+    plan_artifact: str | None = None
+    test: dict | None = None  # this trial's entry of S_TEST_SCORES, when it was scored
+    metrics: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)
+    stage_seconds: dict = field(default_factory=dict)
+    skipped_layers: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)
 
     @classmethod
     def from_trial(cls, t: Any, test_scores: dict | None = None) -> TrialRecord:
+        # A missing attribute keeps the field's default.
         ua = t.user_attrs
-        return cls(
-            number=t.number,
-            state=t.state.name,
-            values=tuple(t.values) if t.values is not None else None,
-            plan=ua.get(T_PLAN),
-            metrics=ua.get(T_METRICS, {}),
-            constraints=ua.get(T_CONSTRAINTS, {}),
-            feasible=bool(ua.get(T_FEASIBLE, False)),
-            trained=bool(ua.get(T_TRAINED, False)),
-            baseline=ua.get(T_BASELINE),
-            refined_from=ua.get(T_REFINED_FROM),
-            budget=ua.get(T_BUDGET),
-            stage_seconds=ua.get(T_STAGE_SECONDS, {}),
-            skipped_layers=ua.get(T_SKIPPED, {}),
-            fail_reason=ua.get(T_FAIL_REASON),
-            onnx_artifact=ua.get(T_ONNX_ARTIFACT),
-            plan_artifact=ua.get(T_PLAN_ARTIFACT),
-            measurement=ua.get(T_MEASUREMENT),
-            pruned=ua.get(T_PRUNED, {}),
-            precision=ua.get(T_PRECISION, {}),
-            onnx_sha256=ua.get(T_ONNX_SHA256),
-            test=(test_scores or {}).get(str(t.number)),
-            seeded=ua.get(T_SEEDED),
-            predicted=ua.get(T_PREDICTED),
-        )
+        stored = {f.name: ua[key] for f in fields(cls)
+                  if f.name not in _OWN_FIELDS and (key := _ATTR_KEYS.get(f.name, f.name)) in ua}
+        return cls(number=t.number, state=t.state.name, values=tuple(t.values) if t.values is not None else None,
+                   test=(test_scores or {}).get(str(t.number)), **stored)
+
+
+_OWN_FIELDS = frozenset({"number", "state", "values", "test"})  # read from the trial itself, not its user attrs
+_ATTR_KEYS = {"onnx_artifact": T_ONNX_ARTIFACT, "plan_artifact": T_PLAN_ARTIFACT}  # named unlike their field

@@ -38,10 +38,10 @@ BN_BATCH = 128  # samples per BatchNorm re-estimation batch
 class SensitivityRow:
     """The teacher with one change: `kind` "prune" (value = ratio) or "bits" (value = bit-width) on `unit`."""
 
+    layers: tuple[str, ...]  # the model's layers the change touches
     unit: str
     kind: str
     value: float
-    layers: tuple[str, ...]
     accuracy: float  # val top-1 of the changed teacher (ONNX Runtime), 0-1
     accuracy_drop: float  # points (percent) below the teacher's val top-1; negative: it scored higher
     latency_ms: float  # drift-corrected objective of the profile's statistic
