@@ -12,30 +12,34 @@ from search.study.allocate import allocate, allocate_many, options, seeded_trial
 from search.study.sensitivity import Sensitivity, SensitivityRow
 
 
-def _table(groups: dict[str, list[tuple[float, float, float]]], teacher_ms: float = 10.0,
+def _table(groups: dict[str, list[tuple[float, ...]]], teacher_ms: float = 10.0,
            floor_ms: float = 2.0) -> Sensitivity:
-    """A table of {param: [(value, drop points, saved ms)]}; the teacher's value (0 / 32) is added first."""
+    """A table of {param: [(value, drop points, saved ms[, file MB])]} (file MB default 0.1 of the teacher's
+    0.2); the teacher's value (0 / 32) is added first."""
     rows, choices = [], {}
     for param, opts in groups.items():
         kind, unit = param.split(".", 1)
-        choices[param] = [0.0 if kind == "prune" else 32] + [v for v, _, _ in opts]
-        for v, drop, saved in opts:
+        choices[param] = [0.0 if kind == "prune" else 32] + [o[0] for o in opts]
+        for v, drop, saved, *mb in opts:
             rows.append(SensitivityRow(unit=unit, kind=kind, value=v, layers=(unit,), accuracy=0.9 - drop / 100,
                                        accuracy_drop=drop, latency_ms=teacher_ms - saved, latency_saved_ms=saved,
-                                       latency_saved_frac=saved / teacher_ms, memory_mb=10.0, model_mb=0.1))
+                                       latency_saved_frac=saved / teacher_ms, memory_mb=10.0,
+                                       model_mb=mb[0] if mb else 0.1))
     return Sensitivity(key="k", task="t", profile="p", statistic="p50", teacher_accuracy=0.9,
                        teacher_latency_ms=teacher_ms, teacher_model_mb=0.2, floor_ms=floor_ms, rows=tuple(rows),
                        choices=choices, common_params={"temperature": 4.0, "alpha": 0.5}, bn_batches=0, seconds=1.0,
                        measurements=3)
 
 
-def _brute(sens: Sensitivity, target_ms: float) -> float | None:
-    """Least summed cost of any combination meeting the target under the additive model (None: none does)."""
+def _brute(sens: Sensitivity, target_ms: float, max_mb: float = np.inf) -> float | None:
+    """Least summed cost of any combination meeting the target (and the size budget) under the additive model
+    (None: none does)."""
     groups = list(options(sens).values())
     best = None
     for combo in itertools.product(*groups):
         latency = max(sens.floor_ms, sens.teacher_latency_ms - sum(o.saved_ms for o in combo))
-        if latency <= target_ms + 1e-9:
+        size = sens.teacher_model_mb - sum(o.saved_mb for o in combo)
+        if latency <= target_ms + 1e-9 and size <= max_mb + 1e-9:
             cost = sum(o.cost for o in combo)
             best = cost if best is None else min(best, cost)
     return best
@@ -80,7 +84,7 @@ def test_below_floor_or_beyond_savings_is_infeasible():
     low = allocate(sens, 0.33)
     assert not low.feasible and "below the floor 4 ms" in low.reason and low.params == {}
     assert low.predicted() == {"target": 0.33, "target_ms": pytest.approx(3.3), "floor_ms": 4.0, "feasible": False,
-                               "reason": low.reason}
+                               "max_model_mb": None, "reason": low.reason}
     far = allocate(sens, 0.45)  # 4.5 ms is above the floor, but the two savings reach 5 ms at most: 5 ms
     assert not far.feasible and "add up to 5 ms at most" in far.reason
     edge = allocate(sens, 0.5)
@@ -91,6 +95,33 @@ def test_below_floor_or_beyond_savings_is_infeasible():
     assert clipped.feasible and clipped.predicted_latency_ms == 4.0
     with pytest.raises(ValueError):
         allocate(sens, 0)
+
+
+def test_size_budget_is_a_second_constraint():
+    """With the profile's model_mb, every plan fits it under the additive size model, at the least cost any
+    combination meeting both limits has (brute force); a budget the savings cannot reach is infeasible."""
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(20):
+        groups = {f"prune.u{i}": [(r, float(rng.uniform(0, 20)), float(rng.uniform(0, 3)), float(rng.uniform(0.1, 0.2)))
+                                  for r in (0.25, 0.5, 0.7)] for i in range(3)}
+        groups["bits.q"] = [(8, float(rng.uniform(0, 2)), float(rng.uniform(-1, 1)), float(rng.uniform(0.05, 0.2)))]
+        sens = _table(groups, floor_ms=1.0)
+        for target, budget in ((0.9, 0.15), (0.7, 0.1), (0.5, 0.12), (0.95, 0.05)):
+            a = allocate(sens, target, max_model_mb=budget)
+            best = _brute(sens, target * sens.teacher_latency_ms, budget)
+            assert a.feasible == (best is not None), (target, budget, a.reason)
+            if best is not None:
+                checked += 1
+                assert a.predicted_drop == pytest.approx(best, abs=1e-6)
+                assert a.predicted_model_mb <= budget + 1e-9 and a.predicted()["model_mb"] == a.predicted_model_mb
+    assert checked > 20
+    # Cheap and fast enough, but too big: the budget changes the plan.
+    sens = _table({"prune.a": [(0.5, 1.0, 5.0, 0.19)], "prune.b": [(0.5, 3.0, 4.0, 0.05)]}, floor_ms=1.0)
+    assert allocate(sens, 0.5).changes == {"prune.a": 0.5}
+    assert allocate(sens, 0.6, max_model_mb=0.1).changes == {"prune.b": 0.5}
+    small = allocate(sens, 0.5, max_model_mb=0.01)
+    assert not small.feasible and "size budget 0.01 MB" in small.reason
 
 
 def test_ties_and_noise_prefer_the_teacher():

@@ -5,9 +5,12 @@ one group of a multiple-choice knapsack: it takes exactly one of its values, the
 no cost, no saving) or a measured one (cost = its accuracy drop in points, floored at 0 so that the noise of a
 change that happened to score higher cannot pay for a real loss; saving = the latency it saved alone). The
 model is additive: predicted latency = teacher latency - the savings, never below the space's measured floor;
-predicted drop = the sum of the costs. `scipy.optimize.milp` (HiGHS) solves it exactly: first the least cost
-that meets the target, then, among plans of that cost, the fastest. A target below the floor, or beyond what
-all the savings together reach, is reported infeasible with the reason, never silently exceeded.
+predicted drop = the sum of the costs. With a size budget (the profile's `model_mb`), the file megabytes each
+change saved alone must add up to the teacher's file size minus the budget: a second knapsack constraint, so
+a plan is never seeded that the study would reject for its size. `scipy.optimize.milp` (HiGHS) solves it
+exactly: first the least cost that meets the targets, then, among plans of that cost, the fastest. A target
+below the floor, or beyond what all the savings together reach, is reported infeasible with the reason, never
+silently exceeded.
 
 Plans come as Optuna parameter dicts in `baseline_params`' format, ready for `study.enqueue_trial`.
 """
@@ -29,6 +32,7 @@ class Option:
     value: float
     cost: float  # accuracy points, >= 0
     saved_ms: float
+    saved_mb: float = 0.0  # ONNX file megabytes saved
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Allocation:
     teacher_latency_ms: float = 0.0
     teacher_accuracy: float = 0.0
     floor_ms: float | None = None
+    max_model_mb: float | None = None  # the size budget it was solved under
+    predicted_model_mb: float | None = None
     reason: str = ""  # why it is infeasible
 
     @property
@@ -52,9 +58,9 @@ class Allocation:
     def predicted(self) -> dict:
         """What the additive model promises, for the seeded trial's user attributes."""
         out = {"target": self.target, "target_ms": self.target_ms, "floor_ms": self.floor_ms,
-               "feasible": self.feasible}
+               "max_model_mb": self.max_model_mb, "feasible": self.feasible}
         if self.feasible:
-            out.update(latency_ms=self.predicted_latency_ms,
+            out.update(latency_ms=self.predicted_latency_ms, model_mb=self.predicted_model_mb,
                        latency_frac=self.predicted_latency_ms / self.teacher_latency_ms,
                        accuracy_drop=self.predicted_drop,
                        accuracy=max(0.0, self.teacher_accuracy - self.predicted_drop / 100))
@@ -81,52 +87,70 @@ def options(sens: Sensitivity) -> dict[str, list[Option]]:
             if v == _TEACHER[_param_kind(param)]:
                 opts.append(Option(v, 0.0, 0.0))
             elif (row := measured.get((param, v))) is not None:
-                opts.append(Option(v, max(0.0, row.accuracy_drop), row.latency_saved_ms))
+                opts.append(Option(v, max(0.0, row.accuracy_drop), row.latency_saved_ms,
+                                   sens.teacher_model_mb - row.model_mb))
         if opts:
             out[param] = opts
     return out
 
 
-def allocate(sens: Sensitivity, target: float, *, floor_ms: float | None = None) -> Allocation:
-    """The least-cost plan whose predicted latency is at most `target` x the teacher's (see the module
-    docstring). `floor_ms` replaces the measured floor (None: the sensitivity's own)."""
+def allocate(sens: Sensitivity, target: float, *, floor_ms: float | None = None,
+             max_model_mb: float | None = None) -> Allocation:
+    """The least-cost plan whose predicted latency is at most `target` x the teacher's and, with
+    `max_model_mb`, whose predicted file size fits it (see the module docstring). `floor_ms` replaces the
+    measured floor (None: the sensitivity's own)."""
     if not target > 0:
         raise ValueError(f"target must be a share of the teacher's latency > 0, got {target}")
     teacher = sens.teacher_latency_ms
     floor = sens.floor_ms if floor_ms is None else floor_ms
     base = Allocation(target=target, target_ms=target * teacher, feasible=False, teacher_latency_ms=teacher,
-                      teacher_accuracy=sens.teacher_accuracy, floor_ms=floor)
+                      teacher_accuracy=sens.teacher_accuracy, floor_ms=floor, max_model_mb=max_model_mb)
     if floor is not None and base.target_ms < floor - _TOL:
         return replace(base, reason=f"target {base.target_ms:.4g} ms ({target:g}x) is below the floor "
                                     f"{floor:.4g} ms (the fastest plan the space allows, measured)")
-    opts = {p: _undominated(g) for p, g in options(sens).items()}
+    need_mb = sens.teacher_model_mb - max_model_mb if max_model_mb is not None else 0.0
+    opts = {p: _undominated(g, size=need_mb > 0) for p, g in options(sens).items()}
     need = teacher - base.target_ms
     reach = sum(max(o.saved_ms for o in group) for group in opts.values())
     if reach < need - _TOL:
         return replace(base, reason=f"target {base.target_ms:.4g} ms ({target:g}x) needs {need:.4g} ms saved; "
                                     f"the single-change savings add up to {reach:.4g} ms at most")
-    chosen = _solve(list(opts.values()), need) if opts else []
+    reach_mb = sum(max(o.saved_mb for o in group) for group in opts.values())
+    if need_mb > 0 and reach_mb < need_mb - _TOL:
+        return replace(base, reason=f"the size budget {max_model_mb:g} MB needs {need_mb:.4g} MB saved from the "
+                                    f"teacher's {sens.teacher_model_mb:.4g} MB; the single-change savings add up "
+                                    f"to {reach_mb:.4g} MB at most")
+    chosen = _solve(list(opts.values()), need, need_mb) if opts else []
+    if chosen is None:
+        return replace(base, reason=f"no plan meets both {base.target_ms:.4g} ms ({target:g}x) and the "
+                                    f"{max_model_mb:g} MB size budget in the additive model")
     params = {**sens.common_params, **{p: o.value for p, o in zip(opts, chosen, strict=True)}}
     saved = sum(o.saved_ms for o in chosen)
     latency = teacher - saved if floor is None else max(floor, teacher - saved)
     return replace(base, feasible=True, params=params, predicted_latency_ms=latency,
-                   predicted_drop=sum(o.cost for o in chosen))
+                   predicted_drop=sum(o.cost for o in chosen),
+                   predicted_model_mb=sens.teacher_model_mb - sum(o.saved_mb for o in chosen))
 
 
-def _undominated(group: list[Option]) -> list[Option]:
-    """The options no other option of the group beats (no more cost, no less saving, one of them strictly);
-    of equal ones the first, so the teacher's value (listed first) wins a tie and a change must pay off."""
+def _undominated(group: list[Option], *, size: bool) -> list[Option]:
+    """The options no other option of the group beats (no more cost, no less latency saved and, under a size
+    budget, no less size saved; one of them strictly); of equal ones the first, so the teacher's value
+    (listed first) wins a tie and a change must pay off."""
+    def key(o: Option) -> tuple[float, float]:
+        return (o.saved_ms, o.saved_mb if size else 0.0)
+
     out = []
     for i, o in enumerate(group):
-        beaten = any((p.cost <= o.cost and p.saved_ms >= o.saved_ms)
-                     and (j < i or p.cost < o.cost or p.saved_ms > o.saved_ms) for j, p in enumerate(group) if j != i)
+        beaten = any((p.cost <= o.cost and all(a >= b for a, b in zip(key(p), key(o), strict=True)))
+                     and (j < i or p.cost < o.cost or key(p) != key(o)) for j, p in enumerate(group) if j != i)
         if not beaten:
             out.append(o)
     return out
 
 
-def _solve(groups: list[list[Option]], need: float) -> list[Option]:
-    """Exactly one option per group, sum(saved) >= need, least total cost; ties: most saved."""
+def _solve(groups: list[list[Option]], need: float, need_mb: float = 0.0) -> list[Option] | None:
+    """Exactly one option per group, sum(saved_ms) >= need, sum(saved_mb) >= need_mb, least total cost;
+    ties: most saved. None when the two constraints cannot both hold."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     cost = np.array([o.cost for g in groups for o in g])
@@ -137,8 +161,13 @@ def _solve(groups: list[list[Option]], need: float) -> list[Option]:
         one[i, start:start + len(g)] = 1
         start += len(g)
     rows = [LinearConstraint(one, 1, 1), LinearConstraint(saved[None, :], need - _TOL, np.inf)]
+    if need_mb > 0:
+        size = np.array([o.saved_mb for g in groups for o in g])
+        rows.append(LinearConstraint(size[None, :], need_mb - _TOL, np.inf))
     kw = dict(integrality=np.ones(len(cost)), bounds=Bounds(0, 1), options={"mip_rel_gap": 0})
     first = milp(cost, constraints=rows, **kw)
+    if first.status == 2 and need_mb > 0:  # infeasible: each constraint alone is reachable, both together not
+        return None
     if not first.success:  # cannot happen once `reach` covers `need`: say so loudly rather than guess
         raise RuntimeError(f"allocation solver failed: {first.message}")
     best = float(cost @ np.round(first.x))
@@ -152,8 +181,8 @@ def _solve(groups: list[list[Option]], need: float) -> list[Option]:
 
 
 def allocate_many(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS, *,
-                  floor_ms: float | None = None) -> list[Allocation]:
-    return [allocate(sens, t, floor_ms=floor_ms) for t in targets]
+                  floor_ms: float | None = None, max_model_mb: float | None = None) -> list[Allocation]:
+    return [allocate(sens, t, floor_ms=floor_ms, max_model_mb=max_model_mb) for t in targets]
 
 
 def span_targets(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS) -> tuple[float, ...]:
@@ -166,12 +195,12 @@ def span_targets(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS
 
 
 def seeded_trials(sens: Sensitivity, targets: tuple[float, ...] = DEFAULT_TARGETS, *,
-                  floor_ms: float | None = None) -> dict[str, tuple[dict, dict]]:
+                  floor_ms: float | None = None, max_model_mb: float | None = None) -> dict[str, tuple[dict, dict]]:
     """{"sensitivity-<target>": (params, predicted)} of the feasible plans, for
     `study.enqueue_trial(params, user_attrs={"seeded": target, "predicted": predicted})`; a plan equal to an
     earlier target's is left out (it would be the same trial)."""
     out: dict[str, tuple[dict, dict]] = {}
-    for a in allocate_many(sens, targets, floor_ms=floor_ms):
+    for a in allocate_many(sens, targets, floor_ms=floor_ms, max_model_mb=max_model_mb):
         if a.feasible and all(a.params != p for p, _ in out.values()):
             out[f"sensitivity-{a.target:g}"] = (a.params, a.predicted())
     return out

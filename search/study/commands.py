@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after N failed trials in a row, keeping every finished one (0: never stop)")
     p.add_argument("--seed-plans", action="store_true",
                    help="measure per-unit sensitivity first (cached), then enqueue plans allocated from it at "
-                        "latency targets 0.7, 0.5, 0.4, 0.33 of the teacher's, after the baselines")
+                        "latency targets from the teacher's down to the measured floor, within the profile's "
+                        "size budget, after the baselines")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--worker-id", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)

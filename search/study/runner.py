@@ -168,7 +168,7 @@ class _Run:
         from search.study.sensitivity import measure_sensitivity
 
         sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
-        plans = seeded_trials(sens, span_targets(sens))
+        plans = seeded_trials(sens, span_targets(sens), max_model_mb=self.profile.budgets.model_mb)
         self.study.set_user_attr(S_SENSITIVITY, [  # the report's chart and load_study(...).sensitivity
             {"unit": r.unit, "kind": r.kind, "value": r.value, "accuracy_drop": r.accuracy_drop,
              "latency_saved_frac": r.latency_saved_frac} for r in sens.rows])

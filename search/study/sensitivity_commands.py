@@ -50,13 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from search.config import load_profile
     from search.study.allocate import allocate_many
     from search.study.standalone import sensitivity
 
     s = sensitivity(args.task, args.space, args.device, study=args.study, results=args.results, seed=args.seed,
                     bn_batches=args.bn_batches, refresh=args.refresh, data_dir=args.data_dir, train_on=args.train_on,
                     progress=not args.no_progress)
-    plans = allocate_many(s, args.targets) if args.targets else []
+    budget = load_profile(args.device).budgets.model_mb  # the seeded plans honour the profile's size budget
+    plans = allocate_many(s, args.targets, max_model_mb=budget) if args.targets else []
     if args.format == "json":
         out = s.to_dict()
         if plans:
