@@ -134,3 +134,28 @@ def test_help_and_validate_do_not_import_torch():
     code = "import sys\nfrom search.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_a_study_from_before_a_new_space_field_resumes_and_a_changed_space_does_not():
+    """check_same_setup re-reads the stored space through today's schema: a field added since (here
+    `augment` of the budgets) takes its default instead of refusing the resume; a real change still refuses."""
+    import optuna
+
+    from search.config import load_profile, load_space
+    from search.errors import UserError
+    from search.study.record import S_PROFILE, S_PROFILE_DIGEST, S_SPACE, S_TASK
+    from search.study.setup import check_same_setup
+
+    space = load_space(REPO / "spaces" / "default.yaml")
+    profile = load_profile(REPO / "device_profiles" / "local-1core.yaml")
+    old = space.model_dump(mode="json")
+    for budget in ("budget", "refine"):
+        del old["distillation"][budget]["augment"]
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for k, v in {S_TASK: "digits", S_SPACE: old, S_PROFILE: profile.model_dump(mode="json"),
+                 S_PROFILE_DIGEST: profile.digest()}.items():
+        study.set_user_attr(k, v)
+    check_same_setup(study, "digits", space, profile)
+    changed = space.model_copy(update={"distillation": space.distillation.model_copy(update={"lr": 0.1})})
+    with pytest.raises(UserError, match="another search space"):
+        check_same_setup(study, "digits", changed, profile)

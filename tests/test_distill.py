@@ -93,6 +93,43 @@ def test_same_seed_same_student_and_teacher_module_path():
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
+class _Recording(torch.nn.Module):
+    """A teacher that keeps every batch it is shown."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.inner(x)
+
+
+def test_augment_feeds_the_live_teacher_and_student_the_same_transformed_batch():
+    data = _tiny_data()
+    teacher = _Recording(archs.build("resnet", seed=3))
+    shown_to_student = []
+    student = archs.build("mobilenet", seed=1)
+    student.register_forward_pre_hook(lambda _m, args: shown_to_student.append(args[0].clone()))
+
+    def flip(x, gen):
+        assert isinstance(gen, torch.Generator)
+        return x.flip(-1) + 1.0
+
+    distill(student, data, teacher=teacher, augment=flip, temperature=2.0, alpha=0.5, steps=3, lr=1e-3,
+            batch_size=16, seed=5)
+    raw = data.tensors[0]
+    assert len(teacher.seen) == len(shown_to_student) == 3
+    for t, s in zip(teacher.seen, shown_to_student, strict=True):
+        assert torch.equal(t, s)  # the same augmented batch
+        undone = (t - 1.0).flip(-1)
+        assert any(torch.equal(undone[0], r) for r in raw)  # ... of real training images, transformed
+        assert not any(torch.equal(t[0], r) for r in raw)
+    with pytest.raises(ValueError, match="live teacher"):  # cached logits are of unaugmented images
+        distill(archs.build("mobilenet"), data, teacher_logits=torch.zeros(len(data), 10), augment=flip,
+                temperature=2.0, alpha=0.5, steps=1)
+
+
 def test_non_finite_loss_raises_trial_failure_naming_the_step():
     data = _tiny_data()
     with pytest.raises(TrialFailure, match=r"non-finite loss at step \d+"):

@@ -56,6 +56,29 @@ def test_export_matches_pytorch_with_dynamic_batch(arch):
         np.testing.assert_allclose(ort_logits(path, x.numpy()), ref, atol=1e-4, rtol=1e-4)
 
 
+def test_fast_export_computes_the_same_and_falls_back_to_dynamo(tmp_path, monkeypatch):
+    """fast=True (the sensitivity stage's pruned variants) is the TorchScript exporter: same outputs, no module
+    scopes; a model it cannot take goes the dynamo way."""
+    from search.compress import export_onnx
+
+    model = archs.build("mobilenet", seed=2).eval()
+    path = export_onnx(model, archs.INPUT_SHAPE, tmp_path / "fast.onnx", fast=True)
+    m = onnx.load(str(path))
+    assert not {p.key for n in m.graph.node for p in n.metadata_props}  # not the dynamo exporter's graph
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
+    for batch in (1, 5):
+        x = torch.rand(batch, *archs.INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            np.testing.assert_allclose(ort_logits(path, x.numpy()), model(x).numpy(), atol=1e-4, rtol=1e-4)
+    from search.compress import export as export_module
+
+    calls = []  # torch's TorchScript exporter refusing the model, as it does for some graphs
+    monkeypatch.setattr(export_module, "_export_fast", lambda *a: calls.append(a) or False)
+    path = export_onnx(model, archs.INPUT_SHAPE, tmp_path / "fallback.onnx", fast=True)
+    assert calls and "pkg.torch.onnx.name_scopes" in {p.key for n in onnx.load(str(path)).graph.node
+                                                      for p in n.metadata_props}
+
+
 class _Unexportable(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.flatten(1)[:, :10]

@@ -45,7 +45,8 @@ def test_dead_channels_cost_nothing_and_order_matches_torch(digits_task):
 def test_rows_latency_and_bits(digits_task):
     ctx, sens, measured = signal_sensitivity(digits_task)
     assert sens.teacher_accuracy == pytest.approx(ctx.teacher_metrics["accuracy"])  # same file, same score
-    assert 0 < measured <= len(sens.rows) + 2  # the teacher was already measured by build_context
+    # the teacher was already measured by build_context; + its fast export (pruned rows' baseline) and two floors
+    assert 0 < measured <= len(sens.rows) + 3
     assert sens.measurements == measured and sens.seconds > 0 and not sens.cached
     assert set(sens.stage_seconds) >= {"prune", "export", "quantize", "measure", "evaluate"}
     assert 0 < sens.floor_ms <= sens.teacher_latency_ms * 1.1

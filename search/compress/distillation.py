@@ -116,6 +116,7 @@ def distill(
     weight_decay: float = 1e-4,
     num_threads: int | None = None,
     step_guard: Callable[[], AbstractContextManager] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> DistillResult:
     """Fine-tune `student` in place with `kd_loss` (AdamW, warm-up + cosine); leaves it in eval mode.
 
@@ -125,9 +126,13 @@ def distill(
     torch's CPU threads for the run: small models train faster on one thread, and much faster
     when other processes share the cores (OpenMP workers spin against them). Each step runs inside
     `step_guard()` when given (a study holds its steps off while a latency measurement runs).
+    `augment(batch, generator)` transforms each input batch before both models see it; it needs a live
+    `teacher` (cached logits belong to the unaugmented inputs).
     """
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")
+    if augment is not None and teacher is None:
+        raise ValueError("distill with augment needs a live teacher: cached logits are of unaugmented inputs")
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0 (got alpha={alpha}, T={temperature})")
     n_total = len(train_dataset)
@@ -160,12 +165,14 @@ def distill(
         torch.manual_seed(seed)
         try:
             for step, (x, y, idx) in enumerate(_batches(train_dataset, indices, batch_size, steps, gen), 1):
+                if augment is not None:
+                    x = augment(x, gen)
                 x, y = x.to(device), y.to(device)
-                if teacher_logits is not None:
-                    t_logits = teacher_logits[idx].to(device)
-                else:
+                if teacher is not None and (augment is not None or teacher_logits is None):
                     with torch.no_grad():
                         t_logits = teacher(x)
+                else:
+                    t_logits = teacher_logits[idx].to(device)
                 with step_guard() if step_guard else nullcontext():
                     loss = kd_loss(student(x), t_logits, y, temperature, alpha)
                     value = float(loss.detach())

@@ -3,6 +3,11 @@
 The exported nodes keep `pkg.torch.onnx.name_scopes`, which maps them back to module names
 (see `onnx_names`); the bulky per-node stack traces are dropped: they inflate small models several
 times over and leak local file paths into a file meant for deployment.
+
+`fast=True` uses the TorchScript exporter instead (0.1-0.5 s against 1.5-3.6 s on the Fashion-MNIST teacher):
+for throwaway graphs whose nodes need no module names, such as the sensitivity stage's pruned variants. Its
+graphs ran 1-2% faster than the dynamo ones here (0.0807 vs 0.0817 ms teacher, 0.0659 vs 0.0670 ms pruned), the
+same saving either way, so only differences between two fast exports are meaningful.
 """
 
 from __future__ import annotations
@@ -66,18 +71,23 @@ def _examples(example: torch.Tensor | Sequence[int], batch: int, seed: int = 0) 
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: str | os.PathLike,
-                verify: bool = True, atol: float = 1e-4) -> Path:
+                verify: bool = True, atol: float = 1e-4, fast: bool = False) -> Path:
     """Write `model` (eval mode) as ONNX to `path`: input "input" [batch, ...] in the example's dtype,
     output "logits"; one self-contained file. `example` is a batch of the task's inputs (preferred: it
     carries their dtype and valid values) or one sample's shape (float inputs). With `verify`, ONNX
     Runtime must reproduce PyTorch's outputs on those inputs (within `atol` relative to the logits'
-    scale) or this raises. Any failure raises TrialFailure with a short reason.
+    scale) or this raises. Any failure raises TrialFailure with a short reason. `fast`: see the module
+    docstring; a model the fast exporter cannot take goes the dynamo way.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _for_export(model.eval())
     # Batch 2: torch.export specialises a dimension whose example size is 1.
     traced = _examples(example, 2)
+    if fast and _export_fast(model, traced, path):
+        if verify:
+            check_export(model, path, example, atol=atol)
+        return path
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         with _quiet(), torch.no_grad():
@@ -93,6 +103,18 @@ def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: s
     if verify:
         check_export(model, path, example, atol=atol)
     return path
+
+
+def _export_fast(model: nn.Module, traced: torch.Tensor, path: Path) -> bool:
+    """The TorchScript exporter (deprecated, still shipped): True when it wrote `path`."""
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(model, (traced,), str(path), dynamo=False, opset_version=17,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        return True
+    except Exception:  # noqa: BLE001 - any failure: the dynamo exporter decides (and reports) instead
+        return False
 
 
 def _for_export(model: nn.Module) -> nn.Module:

@@ -37,6 +37,9 @@ class TrainBudget(_Strict):
     epochs: float | None = Field(None, ge=0, le=1000, description="0 = no fine-tuning")
     steps: int | None = Field(None, gt=0, le=10_000_000)
     max_samples: int | None = Field(None, gt=0, description="train on at most this many samples")
+    augment: bool = Field(False, description="distil from the live teacher on the task's training augmentation "
+                                             "(flips, shifts); false: the teacher's cached logits of the plain "
+                                             "inputs, faster. A task without augmentation ignores it")
 
     @model_validator(mode="after")
     def _one_of(self) -> TrainBudget:

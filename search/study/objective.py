@@ -189,8 +189,11 @@ class Objective:
         hw = hardware_constraints(ctx, latency, memory, model_mb)
         trained = False
         if all(v <= 0 for v in hw.values()) and pruned and (budget.epochs or budget.steps):
+            live = budget.augment and ctx.task.augment is not None  # cached logits are of the plain inputs
             with timer("distill"):
-                distill(student, ctx.task.train, teacher_logits=ctx.teacher_logits(), temperature=plan.temperature,
+                distill(student, ctx.task.train, teacher_logits=None if live else ctx.teacher_logits(),
+                        teacher=ctx.task.teacher if live else None, augment=ctx.task.augment if live else None,
+                        temperature=plan.temperature,
                         alpha=plan.alpha, epochs=budget.epochs, steps=budget.steps, max_samples=budget.max_samples,
                         lr=ctx.space.distillation.lr, batch_size=ctx.space.distillation.batch_size, seed=plan.seed,
                         device=ctx.device, num_threads=ctx.threads, step_guard=ctx.step_guard)

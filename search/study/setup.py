@@ -122,7 +122,12 @@ def check_same_setup(study: optuna.Study, task_spec: str, space: SearchSpace, pr
                         f"'{attrs.get(S_PROFILE, {}).get('name')}' ({attrs.get(S_PROFILE_FILE)}); "
                         "this profile differs: "
                         "use another --study name")
-    if json.dumps(attrs.get(S_SPACE), sort_keys=True) != json.dumps(space.model_dump(mode="json"), sort_keys=True):
+    # Re-read through today's schema: a field added since the study began takes its default, not a mismatch.
+    try:
+        stored = SearchSpace.model_validate_json(json.dumps(attrs.get(S_SPACE))).model_dump(mode="json")
+    except ValueError:
+        stored = attrs.get(S_SPACE)
+    if json.dumps(stored, sort_keys=True) != json.dumps(space.model_dump(mode="json"), sort_keys=True):
         raise UserError(f"study '{study.study_name}' was created with another search space "
                         f"({attrs.get(S_SPACE_FILE)}): use another --study name")
 

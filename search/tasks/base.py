@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays a lazy import so `hwsearch --help` is fast
+    import torch
     from torch import nn
     from torch.utils.data import Dataset
 
@@ -42,6 +44,9 @@ class Task:
     description: str = ""
     # Filled by built-ins: how the teacher was made, for `hwsearch tasks` and manifests.
     teacher_info: dict = field(default_factory=dict)
+    # The teacher's training augmentation, (batch, generator) -> batch, for distilling from the live teacher
+    # on augmented inputs (None: no augmentation, e.g. token ids).
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):

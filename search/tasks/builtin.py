@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
     from torch.utils.data import TensorDataset
 
     from search.tasks.data import fingerprint
-    from search.tasks.teacher import get_teacher
+    from search.tasks.teacher import augment_batch, get_teacher
 
     b = BUILTIN_TASKS[name]
     data = b.load_data(data_dir)
@@ -88,4 +89,5 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
         input_spec=InputSpec(),
         description=b.description,
         teacher_info=meta,
+        augment=functools.partial(augment_batch, recipe=b.recipe) if b.recipe.flip or b.recipe.shift else None,
     )

@@ -8,6 +8,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,7 +48,8 @@ def pick_device(train_on: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _augment(x: torch.Tensor, recipe: TrainRecipe, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, gen: torch.Generator, recipe: TrainRecipe) -> torch.Tensor:
+    """The recipe's training augmentation of an image batch: random horizontal flips, one random shift."""
     if recipe.flip:
         flip = torch.rand(x.shape[0], generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -70,7 +73,9 @@ def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | tor
 
 
 def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *, label: str,
-                  device: torch.device, progress: bool = True) -> tuple[nn.Module, dict]:
+                  device: torch.device, progress: bool = True,
+                  step_guard: Callable[[], AbstractContextManager] | None = None) -> tuple[nn.Module, dict]:
+    """Train a teacher from `recipe`; each step runs inside `step_guard()` when given (see `distill`)."""
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model = spec.build().to(device)
@@ -86,12 +91,13 @@ def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.nda
             order = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x), recipe.batch_size):
                 idx = order[i : i + recipe.batch_size]
-                xb = _augment(x[idx], recipe, gen).to(device)
-                loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=recipe.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                xb = augment_batch(x[idx], gen, recipe).to(device)
+                with step_guard() if step_guard else nullcontext():
+                    loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=recipe.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
                 bar.advance(1, f"loss {loss.item():.3f}")
     seconds = time.perf_counter() - t0
     model = model.cpu().eval()
