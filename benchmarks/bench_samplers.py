@@ -118,6 +118,23 @@ def score(row: dict, scratch: Path, ref) -> None:
                best_speedup=max((1.0 / p[1] for p in points), default=None))
 
 
+def sensitivity_cost(scratch: Path) -> list[dict]:
+    """What the seeded studies' sensitivity stage cost (computed once, cached under <scratch>/sensitivity/),
+    against the demo's search time (benchmarks/results/study-demo.json: `make demo` from a fresh clone)."""
+    import json
+
+    demo = REPO / "benchmarks" / "results" / "study-demo.json"
+    demo_s = json.loads(demo.read_text())["wall_s"] if demo.is_file() else None
+    out = []
+    for path in sorted((scratch / "sensitivity").glob("sensitivity-*.json")):
+        d = json.loads(path.read_text())
+        out.append({"file": shown(path), "task": d["task"], "seconds": d["seconds"], "rows": len(d["rows"]),
+                    "measurements": d["measurements"], "stage_seconds": d.get("stage_seconds"),
+                    "floor_ms": d["floor_ms"], "teacher_latency_ms": d["teacher_latency_ms"],
+                    "demo_wall_s": demo_s, "share_of_demo": d["seconds"] / demo_s if demo_s else None})
+    return out
+
+
 def summarise(rows: list[dict], samplers: list[str]) -> dict:
     out = {}
     for s in samplers:
@@ -186,6 +203,7 @@ def main() -> int:
     if len(accs) > 1:
         print(f"warning: the studies' teachers differ in accuracy ({sorted(accs)}): the reference point assumes one")
     summary = summarise(rows, args.samplers)
+    result["sensitivity"] = sensitivity_cost(scratch) if any(SEEDED in s for s in args.samplers) else None
     result.update(task=args.task, space=shown(space), profile=shown(args.device), trials=args.trials, seeds=seeds,
                   distill_steps=steps, scratch=shown(scratch),
                   reference_point={"accuracy": floor, "latency_x_teacher": LATENCY_REF, "memory_mb": memory,
