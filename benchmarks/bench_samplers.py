@@ -115,6 +115,7 @@ def score(row: dict, scratch: Path, ref) -> None:
                trained=sum(r.trained for r in recs), feasible=len(points), front_size=len(front),
                teacher_accuracy=view.teacher["accuracy"], teacher_latency_ms=t_lat,
                best_accuracy=max((p[0] for p in points), default=None),
+               min_memory_mb=min((p[2] for p in points), default=None),
                best_speedup=max((1.0 / p[1] for p in points), default=None))
 
 
@@ -133,6 +134,21 @@ def sensitivity_cost(scratch: Path) -> list[dict]:
                     "floor_ms": d["floor_ms"], "teacher_latency_ms": d["teacher_latency_ms"],
                     "demo_wall_s": demo_s, "share_of_demo": d["seconds"] / demo_s if demo_s else None})
     return out
+
+
+def ceiling(rows: list[dict], sens: list[dict] | None, ref) -> dict | None:
+    """The hypervolume of one point no study can beat in practice: the teacher's accuracy at the measured
+    latency floor (every unit at the top ratio, fastest bits) and the least memory any trial had. It bounds
+    what any sampler can reach in this box, so a ratio to random reads against it."""
+    from search.inspect.front import hypervolume
+
+    if not sens:
+        return None
+    floor = min(d["floor_ms"] / d["teacher_latency_ms"] for d in sens)
+    acc = max(r["teacher_accuracy"] for r in rows)
+    mem = min(r["min_memory_mb"] for r in rows if r["min_memory_mb"] is not None)
+    return {"accuracy": acc, "latency_x_teacher": floor, "memory_mb": mem,
+            "hypervolume": round(hypervolume([(acc, floor, mem)], ref), 6)}
 
 
 def summarise(rows: list[dict], samplers: list[str]) -> dict:
@@ -204,6 +220,7 @@ def main() -> int:
         print(f"warning: the studies' teachers differ in accuracy ({sorted(accs)}): the reference point assumes one")
     summary = summarise(rows, args.samplers)
     result["sensitivity"] = sensitivity_cost(scratch) if any(SEEDED in s for s in args.samplers) else None
+    result["hv_ceiling"] = ceiling(rows, result["sensitivity"], ref)
     result.update(task=args.task, space=shown(space), profile=shown(args.device), trials=args.trials, seeds=seeds,
                   distill_steps=steps, scratch=shown(scratch),
                   reference_point={"accuracy": floor, "latency_x_teacher": LATENCY_REF, "memory_mb": memory,

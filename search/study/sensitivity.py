@@ -29,7 +29,7 @@ from search.tasks import Task
 from search.utils.atomic import atomic_write_text
 from search.utils.progress import progress_bar
 
-KEY_VERSION = "2"  # 2: pruned variants through the fast exporter
+KEY_VERSION = "3"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise
 MB = 1024 * 1024
 BN_BATCH = 128  # samples per BatchNorm re-estimation batch
 
@@ -276,8 +276,9 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
 def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[str], same: dict,
          teacher: tuple) -> SensitivityRow:
     """One variant, scored. `same`: scores of pruned models by their widths (None: the teacher through the
-    fast exporter, their baseline); `teacher`: the teacher's own score. The row's latency is the teacher's
-    minus the saving measured against the variant's baseline."""
+    fast exporter, their baseline); `teacher`: the teacher's own score. The row's latency and file size are
+    the teacher's minus the saving measured against the variant's baseline (the fast exporter's files carry
+    no node metadata, so their sizes compare only with each other)."""
     runs: dict[str, str] = {}
     if kind == "prune":
         model, widths, note = run.pruned({layer: value for layer in layers}, recalibrate=True)
@@ -292,5 +293,5 @@ def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[
     return SensitivityRow(
         unit=unit, kind=kind, value=int(value) if kind == "bits" else float(value), layers=tuple(layers),
         accuracy=acc, accuracy_drop=round(100 * (t_acc - acc), 6), latency_ms=t_lat - saved, latency_saved_ms=saved,
-        latency_saved_frac=saved / t_lat, memory_mb=mem, model_mb=mb, runs=runs,
+        latency_saved_frac=saved / t_lat, memory_mb=mem, model_mb=teacher[3] - (base[3] - mb), runs=runs,
         note=note if changed else (note or "nothing changed"))
