@@ -167,6 +167,8 @@ class _Run:
         from search.study.allocate import seeded_trials, span_targets
         from search.study.sensitivity import measure_sensitivity
 
+        if any(T_SEEDED in t.user_attrs for t in self.study.get_trials(deepcopy=False)):
+            return  # seeded when it began: a resume must not add plans from a table measured anew
         sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
         plans = seeded_trials(sens, span_targets(sens), max_model_mb=self.profile.budgets.model_mb)
         self.study.set_user_attr(S_SENSITIVITY, [  # the report's chart and load_study(...).sensitivity
