@@ -6,8 +6,8 @@ p50 (same-round ratio to the fp32 reference x the first round's reference), unde
   idle    nothing of ours beside the measurement;
   loaded  a burner of ours on every allowed core (the measured one too) streaming 64 MB copies through
           memory, its duty cycle changing from round to round (LOAD_DUTIES: the kind of slow drift a shared
-          machine has), each burner ending on its own after BURN_S seconds at most. On this host a process
-          merely spinning on the measured core moved p50 by under 1%; memory traffic moved it most (~5%).
+          machine has), each burner ending on its own after BURN_S seconds at most. In a first try on
+          this host, a process merely spinning on the measured core moved p50 less than memory traffic.
 Also the int8/fp32 speed ratio at batch 1 and the peak memory of both at batch 64.
 Writes benchmarks/results/measure.json.
 
