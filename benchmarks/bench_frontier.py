@@ -51,7 +51,8 @@ def main() -> int:
     import search
     from search.config import load_space
     from search.inspect.holdout import score_test
-    from search.study.record import S_SPACE, T_BUDGET, T_REFINED_FROM
+    from search.study.record import S_SPACE, T_REFINED_FROM
+    from search.study.refine import queue_refinement
 
     src = args.source / args.study
     if not (src / "study.db").is_file():
@@ -67,11 +68,11 @@ def main() -> int:
     if not seeded:
         raise BenchError(f"{args.study}: no seeded trials (was it run with --seed-plans?)")
     study = view.study
-    done = {t.user_attrs.get(T_REFINED_FROM) for t in study.get_trials(deepcopy=False)}
+    frozen = study.get_trials(deepcopy=False)
+    done = {t.user_attrs.get(T_REFINED_FROM) for t in frozen}
     for r in seeded:
         if r.trained and r.number not in done:
-            t = study.trials[r.number]
-            study.enqueue_trial(t.params, user_attrs={T_REFINED_FROM: r.number, T_BUDGET: "refine"})
+            queue_refinement(study, frozen[r.number])
     space = refined_space(view, scratch / name, args.augment)
     # A scratch copy: its recorded space takes the refine setting asked for (explore trials are unchanged).
     study.set_user_attr(S_SPACE, load_space(space).model_dump(mode="json"))
@@ -96,7 +97,7 @@ def main() -> int:
                      "predicted_drop_pts": (r.predicted or {}).get("accuracy_drop"),
                      "explore_val": r.values[0], "refined_val": ref.values[0] if ref else None,
                      "refined_test": s.get("accuracy"), "test_change": s.get("change"), "test_se": s.get("se"),
-                     "verdict": s.get("verdict"), "params": study.trials[r.number].params})
+                     "verdict": s.get("verdict"), "params": frozen[r.number].params})
     floor_ms = next(((r.predicted or {}).get("floor_ms") for r in seeded if r.predicted), None)
     reached = [x for x in rows if x["test_change"] is not None and x["speedup"] >= TARGET_X
                and x["test_change"] >= -TARGET_PTS]

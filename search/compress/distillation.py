@@ -135,6 +135,7 @@ def distill(
         raise ValueError("distill with augment needs a live teacher: cached logits are of unaugmented inputs")
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0 (got alpha={alpha}, T={temperature})")
+    live = teacher_logits is None or augment is not None  # run the teacher on each (transformed) batch
     n_total = len(train_dataset)
     if teacher_logits is not None and len(teacher_logits) != n_total:
         raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for {n_total} samples")
@@ -168,7 +169,7 @@ def distill(
                 if augment is not None:
                     x = augment(x, gen)
                 x, y = x.to(device), y.to(device)
-                if teacher is not None and (augment is not None or teacher_logits is None):
+                if live:
                     with torch.no_grad():
                         t_logits = teacher(x)
                 else:

@@ -52,10 +52,15 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return chosen
 
 
+def queue_refinement(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
+    """Queue `ft`'s plan again with the refine budget, marked as its refinement."""
+    baseline = {T_BASELINE: ft.user_attrs[T_BASELINE]} if T_BASELINE in ft.user_attrs else {}
+    study.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: "refine", **baseline})
+
+
 def enqueue_refinements(study: optuna.Study, k: int) -> int:
     """Queue the refinements still owed (K in all, also across resumes); returns how many are waiting."""
     already = sum(t.user_attrs.get(T_REFINED_FROM) is not None for t in study.get_trials(deepcopy=False))
     for ft in pick_refine(study, k - already):
-        baseline = {T_BASELINE: ft.user_attrs[T_BASELINE]} if T_BASELINE in ft.user_attrs else {}
-        study.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: "refine", **baseline})
+        queue_refinement(study, ft)
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
