@@ -24,12 +24,14 @@ from _common import REPO, BenchError, cli, fmt, header, load_task, open_study, s
 TARGET_PTS, TARGET_X = 1.0, 3.0  # the issue's fast-corner target: 3x within 1 point of test top-1
 
 
-def refined_space(view, scratch: Path, augment: bool) -> Path:
-    """The study's own space (refine budget as it was, or with the live augmented teacher)."""
+def refined_space(view, scratch: Path, augment: bool, epochs: float | None) -> Path:
+    """The study's own space (refine budget as it was, or with the live augmented teacher, or other epochs)."""
     import yaml
 
     data = view.space.model_dump(mode="json")
     data["distillation"]["refine"]["augment"] = augment
+    if epochs is not None:
+        data["distillation"]["refine"].update(epochs=epochs, steps=None)
     out = scratch / "space.yaml"
     out.write_text("# the copied study's space (bench_frontier.py)\n" + yaml.safe_dump(data, sort_keys=False))
     return out
@@ -42,6 +44,9 @@ def main() -> int:
     parser.add_argument("--device", type=Path, default=REPO / "device_profiles" / "local-1core.yaml",
                         help="the study's device profile")
     parser.add_argument("--augment", action="store_true", help="refine from the live teacher on augmented inputs")
+    parser.add_argument("--epochs", type=float, help="refine for this many epochs instead of the space's")
+    parser.add_argument("--min-speedup", type=float, default=0.0,
+                        help="refine only the seeded plans at least this much faster than the teacher")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where the cached teachers are")
     parser.add_argument("--scratch", type=Path, default=REPO / "results" / "bench-frontier")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "frontier.json")
@@ -57,23 +62,26 @@ def main() -> int:
     src = args.source / args.study
     if not (src / "study.db").is_file():
         raise BenchError(f"{shown(src)}: no study there (run bench_samplers.py with tpe+seeded first)")
-    scratch = (args.scratch / ("augmented" if args.augment else "cached")).resolve()
+    variant = ("augmented" if args.augment else "cached") + (f"-{args.epochs:g}ep" if args.epochs else "")
+    scratch = (args.scratch / variant).resolve()
     name = args.study  # the folder name is the study name: the copy keeps it, in its own scratch folder
     if not (scratch / name).exists():
         scratch.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, scratch / name, ignore=shutil.ignore_patterns("tmp"))
     share_teachers(scratch, args.results.resolve())
     view = open_study(name, scratch)
-    seeded = [r for r in view.trials if r.seeded is not None and r.state == "COMPLETE" and r.budget != "refine"]
+    seeded = [r for r in view.trials if r.seeded is not None and r.state == "COMPLETE" and r.budget != "refine"
+              and view.teacher["latency_ms"] / r.values[1] >= args.min_speedup]
     if not seeded:
-        raise BenchError(f"{args.study}: no seeded trials (was it run with --seed-plans?)")
+        raise BenchError(f"{args.study}: no seeded trials at least {args.min_speedup:g}x faster (was it run with "
+                         "--seed-plans?)")
     study = view.study
     frozen = study.get_trials(deepcopy=False)
     done = {t.user_attrs.get(T_REFINED_FROM) for t in frozen}
     for r in seeded:
         if r.trained and r.number not in done:
             queue_refinement(study, frozen[r.number])
-    space = refined_space(view, scratch / name, args.augment)
+    space = refined_space(view, scratch / name, args.augment, args.epochs)
     # A scratch copy: its recorded space takes the refine setting asked for (explore trials are unchanged).
     study.set_user_attr(S_SPACE, load_space(space).model_dump(mode="json"))
     result = header("bench_frontier.py", None)
@@ -93,6 +101,8 @@ def main() -> int:
         s = scores.get(str(ref.number), {}) if ref else {}
         rows.append({"target": r.seeded, "trial": r.number, "refined_trial": ref.number if ref else None,
                      "predicted_latency_ms": (r.predicted or {}).get("latency_ms"),
+                     "allocated_ms": (r.predicted or {}).get("allocated_ms"),
+                     "passes": (r.predicted or {}).get("passes"),
                      "latency_ms": r.values[1], "speedup": teacher["latency_ms"] / r.values[1],
                      "predicted_drop_pts": (r.predicted or {}).get("accuracy_drop"),
                      "explore_val": r.values[0], "refined_val": ref.values[0] if ref else None,
@@ -102,6 +112,8 @@ def main() -> int:
     reached = [x for x in rows if x["test_change"] is not None and x["speedup"] >= TARGET_X
                and x["test_change"] >= -TARGET_PTS]
     result.update(study=shown(src), scratch=shown(scratch / name), space=shown(space), augment=args.augment,
+                  refine=view.space.distillation.refine.model_dump(mode="json"),
+                  allocation=view.attrs.get("allocation"),
                   teacher={"val": teacher["accuracy"], "test": scores.get("teacher", {}).get("accuracy"),
                            "latency_ms": teacher["latency_ms"]},
                   floor={"floor_ms": floor_ms, "speedup": teacher["latency_ms"] / floor_ms if floor_ms else None,

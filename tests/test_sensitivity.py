@@ -190,6 +190,13 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     table = view.seeded
     assert len(table) == len([r for r in seeded if r.state == "COMPLETE" and r.predicted.get("feasible")])
     assert table.latency_error.notna().all() and (table.predicted_ms > 0).all()
+    # Each plan was measured untrained before it was seeded; its trial measured the same structure (a cache hit).
+    assert (table.passes >= 1).all()
+    for r in (r for r in seeded if r.state == "COMPLETE"):
+        assert r.values[1] == pytest.approx(r.predicted["allocated_ms"], rel=1e-9), r.number
+        assert table.set_index("trial").within_target[r.number] == r.predicted["allocated_within"]
+    allocation = view.attrs["allocation"]
+    assert allocation["plans_measured"] >= len(seeded) and allocation["allocation_s"] > 0
     report = view.report(tmp_path / "r.html").read_text()
     assert "Seeded plans: predicted vs measured" in report and 'id="sensitivity"' in report
     sens = view.sensitivity
@@ -200,3 +207,20 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     assert cached[0].stat().st_mtime == mtime  # not analysed again
     again = load_study("seeded-again", results=results)
     assert {r.seeded for r in again.trials if r.seeded is not None} == {r.seeded for r in seeded}
+
+
+def test_seed_plans_default_follows_the_trial_count():
+    """Unless told, a study of at least SEED_PLANS_FROM trials seeds plans; the flag and keyword override it."""
+    from search.cli import build_parser
+    from search.study.settings import SEED_PLANS_FROM, RunSettings
+
+    def settings(trials: int, **kw) -> RunSettings:
+        return RunSettings("digits", "space.yaml", "profile.yaml", trials, "x", **kw)
+
+    assert not settings(SEED_PLANS_FROM - 1).seeds_plans and settings(SEED_PLANS_FROM).seeds_plans
+    assert not settings(40, seed_plans=False).seeds_plans and settings(1, seed_plans=True).seeds_plans
+    run = ["run", "--task", "digits", "--space", "s.yaml", "--device", "p.yaml", "--study", "x", "--trials", "5"]
+    parser = build_parser()
+    assert parser.parse_args(run).seed_plans is None
+    assert parser.parse_args([*run, "--seed-plans"]).seed_plans is True
+    assert parser.parse_args([*run, "--no-seed-plans"]).seed_plans is False

@@ -59,10 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
     p.add_argument("--max-failures", type=_non_negative_int, default=10, metavar="N",
                    help="stop after N failed trials in a row, keeping every finished one (0: never stop)")
-    p.add_argument("--seed-plans", action="store_true",
+    p.add_argument("--seed-plans", action=argparse.BooleanOptionalAction, default=None,
                    help="measure per-unit sensitivity first (cached), then enqueue plans allocated from it at "
-                        "latency targets from the teacher's down to the measured floor, within the profile's "
-                        "size budget, after the baselines")
+                        "latency targets from the teacher's down to the measured floor (each measured on the "
+                        "device and solved again until it meets its target), within the profile's size budget, "
+                        "after the baselines (default: on from 20 trials)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--worker-id", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)

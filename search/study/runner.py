@@ -8,6 +8,7 @@ writes front.csv and report.html; this package stops at the search.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from search.config import load_profile, load_space
 from search.errors import RunStopped, UserError, disk_full
 from search.study.record import (
     DIRECTIONS,
+    S_ALLOCATION,
     S_ARTIFACTS,
     S_SENSITIVITY,
     T_BASELINE,
@@ -155,7 +157,7 @@ class _Run:
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile).items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
-            if s.seed_plans:
+            if s.seeds_plans:
                 self._enqueue_seeded(ctx)
         store = optuna.artifacts.FileSystemArtifactStore(str(s.artifacts_dir))
         self.bar = TrialProgress(st, total=s.trials + s.refine, enabled=s.progress)
@@ -165,18 +167,32 @@ class _Run:
         """Sensitivity first (cached per task, profile, space and seed under results/sensitivity/, so a resumed
         or repeated study does not pay again), then one plan per latency target, after the baselines."""
         from search.study.allocate import seeded_trials, span_targets
-        from search.study.sensitivity import measure_sensitivity
+        from search.study.sensitivity import PlanMeter, measure_sensitivity
 
         if any(T_SEEDED in t.user_attrs for t in self.study.get_trials(deepcopy=False)):
             return  # seeded when it began: a resume must not add plans from a table measured anew
         sens = measure_sensitivity(ctx, cache_dir=Path(self.s.results) / "sensitivity", progress=self.s.progress)
-        plans = seeded_trials(sens, span_targets(sens), max_model_mb=self.profile.budgets.model_mb)
+        work = ctx.study_dir / "tmp" / "allocation"
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        meter = PlanMeter(ctx, work, progress=self.s.progress)
+        try:  # each plan measured untrained and solved again while it misses its target (allocate.calibrate)
+            plans = seeded_trials(sens, span_targets(sens), max_model_mb=self.profile.budgets.model_mb, measure=meter)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        seconds = time.perf_counter() - t0
+        self.study.set_user_attr(S_ALLOCATION, {"sensitivity_s": sens.seconds, "sensitivity_cached": sens.cached,
+                                                "allocation_s": round(seconds, 3), "plans_measured": meter.calls,
+                                                "seeded": len(plans)})
         self.study.set_user_attr(S_SENSITIVITY, [  # the report's chart and load_study(...).sensitivity
             {"unit": r.unit, "kind": r.kind, "value": r.value, "accuracy_drop": r.accuracy_drop,
              "latency_saved_frac": r.latency_saved_frac} for r in sens.rows])
         if self.s.progress:
+            within = sum(p.get("allocated_within", False) for _, p in plans.values())
             print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
-                  f"measurements); {len(plans)} seeded plans", file=sys.stderr, flush=True)
+                  f"measurements); {len(plans)} seeded plans from {meter.calls} measured ({seconds:.0f} s), {within} "
+                  "within their latency target",
+                  file=sys.stderr, flush=True)
         for params, predicted in plans.values():
             self.study.enqueue_trial(params, user_attrs={T_SEEDED: predicted["target"], T_PREDICTED: predicted},
                                      skip_if_exists=True)

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 
 from search.config import DeviceProfile, SearchSpace
@@ -29,7 +30,7 @@ from search.tasks import Task
 from search.utils.atomic import atomic_write_text
 from search.utils.progress import progress_bar
 
-KEY_VERSION = "3"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise
+KEY_VERSION = "4"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise; 4: floor_params
 MB = 1024 * 1024
 BN_BATCH = 128  # samples per BatchNorm re-estimation batch
 
@@ -76,6 +77,7 @@ class Sensitivity:
     measurements: int  # device measurements it paid for (the structure cache answered the rest)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # {"bits.stem=4" or "floor": why it could not be scored}
+    floor_params: dict[str, float] = field(default_factory=dict)  # the plan measured at floor_ms, as parameters
     cached: bool = False  # loaded from the JSON cache: nothing was evaluated or measured this time
 
     def frame(self):
@@ -140,7 +142,10 @@ class _Runner:
 
         self.ctx, self.work, self.bn_inputs, self.timer = ctx, work, bn_inputs, StageTimer()
         self.all32 = {q: 32 for q in ctx.layers.quantizable}
-        self.teacher_fp32 = self.export(ctx.task.teacher, "teacher")
+
+    @cached_property
+    def teacher_fp32(self) -> Path:
+        return self.export(self.ctx.task.teacher, "teacher")
 
     def export(self, model, tag: str, fast: bool = False) -> Path:
         from search.compress import export_onnx
@@ -193,6 +198,33 @@ class _Runner:
             acc = onnx_accuracy(path, self.ctx.val_x, self.ctx.val_y) if evaluate else float("nan")
         return acc, m.objective(self.ctx.profile.measure.statistic), float(m.memory_total_mb or 0.0), \
             path.stat().st_size / MB
+
+
+class PlanMeter:
+    """`meter(params)`: the latency of a whole plan (Optuna parameters), untrained, built and measured as a
+    trial's hardware-first stage does: its seeded trial then finds the measurement in the structure cache.
+    A plan the memory limit stops measures as infinitely slow."""
+
+    def __init__(self, ctx: Context, work: Path, progress: bool = False) -> None:
+        self.ctx, self.run, self.progress, self.calls = ctx, _Runner(ctx, work, None), progress, 0
+
+    def __call__(self, params: dict) -> float:
+        import optuna
+
+        from search.study.sampling import sample_plan
+
+        ctx, run = self.ctx, self.run
+        plan = sample_plan(optuna.trial.FixedTrial(params), ctx.space, ctx.layers, ctx.bits, ctx.seed, ctx.profile)
+        tag = f"plan{self.calls}"
+        self.calls += 1
+        fp32 = run.export(run.pruned(dict(plan.prune), recalibrate=False)[0], tag)
+        try:
+            ms = run.score(run.quantized(fp32, dict(plan.bits), tag).path, evaluate=False)[1]
+        except TrialFailure:
+            ms = float("inf")
+        if self.progress:  # one line per plan: the allocation can take a minute on a small teacher
+            print(f"allocation: {tag} measured {ms:.4g} ms", file=sys.stderr, flush=True)
+        return ms
 
 
 def _variants(ctx: Context) -> tuple[list[tuple[str, str, float, list[str]]], dict[str, list]]:
@@ -254,23 +286,31 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
             except TrialFailure as e:  # as a trial would FAIL: recorded, and the option is never allocated
                 failed[f"{kind}.{unit}={value:g}"] = " ".join(str(e).split())[:300]
             bar.advance(1, status=f"{kind}.{unit}={value:g}")
-        floor: list[float] = []
-        top = {p.removeprefix("prune."): max(v) for p, v in choices.items() if p.startswith("prune.")}
+        floor: dict[str, float] = {}
+        top = {p: max(v) for p, v in choices.items() if p.startswith("prune.")}
         units = ctx.layers.prune_units(ctx.space.pruning.granularity)
-        fp32 = run.export(run.pruned({la: r for u, r in top.items() for la in units[u]}, recalibrate=False)[0], "floor")
-        lowest = {la: min(v) for p, v in choices.items() if p.startswith("bits.")
-                  for la in ctx.layers.bit_units(ctx.space.quantization.granularity)[p.removeprefix("bits.")]}
-        for tag, bits in (("floor", {}), ("floor-low", lowest)):
+        fp32 = run.export(run.pruned({la: r for p, r in top.items() for la in units[p.removeprefix("prune.")]},
+                                     recalibrate=False)[0], "floor")
+        low = {p: min(v) for p, v in choices.items() if p.startswith("bits.")}
+        bit_units = ctx.layers.bit_units(ctx.space.quantization.granularity)
+        for tag, bits in (("floor", {}), ("floor-low", low)):
             try:
-                floor.append(run.score(run.quantized(fp32, bits, tag).path, evaluate=False)[1])
+                q = run.quantized(fp32, {la: b for p, b in bits.items() for la in bit_units[p.removeprefix("bits.")]},
+                                  tag)
+                floor[tag] = run.score(q.path, evaluate=False)[1]
             except TrialFailure as e:
                 failed[tag] = " ".join(str(e).split())[:300]
             bar.advance(1, status=tag)
+    fastest = min(floor, key=floor.get, default=None)
+    floor_params = {} if fastest is None else {  # as allocate's plans: every multi-choice parameter
+        **common_params(ctx), **{p: 0.0 for p in choices if p.startswith("prune.")}, **top,
+        **{p: 32 for p in choices if p.startswith("bits.")}, **(low if fastest == "floor-low" else {})}
     return Sensitivity(
         key=key, task=ctx.task.name, profile=ctx.profile.name, statistic=ctx.profile.measure.statistic,
-        teacher_accuracy=t_acc, teacher_latency_ms=t_lat, teacher_model_mb=teacher[3], floor_ms=min(floor, default=0.0),
+        teacher_accuracy=t_acc, teacher_latency_ms=t_lat, teacher_model_mb=teacher[3],
+        floor_ms=min(floor.values(), default=0.0),
         rows=tuple(rows), choices=choices, common_params=common_params(ctx), bn_batches=bn_batches, seconds=0.0,
-        measurements=0, stage_seconds=run.timer.rounded(), failed=failed)
+        measurements=0, stage_seconds=run.timer.rounded(), failed=failed, floor_params=floor_params)
 
 
 def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[str], same: dict,

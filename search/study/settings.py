@@ -12,6 +12,7 @@ from pathlib import Path
 
 from search.errors import UserError
 
+SEED_PLANS_FROM = 20  # explore trials from which a study seeds allocated plans unless told (`seed_plans`)
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Settings a spawned worker inherits as flags (progress, worker_id, workers and write_outputs are its own).
 _WORKER_FLAGS = ("task", "space", "device", "trials", "study", "storage", "artifacts", "sampler", "seed", "timeout",
@@ -41,7 +42,9 @@ class RunSettings:
     worker_id: int = 0  # 0: the process that seeds baselines, refines and writes the outputs
     write_outputs: bool = True  # test scores of the front, front.csv and report.html at the end
     max_failures: int = 10  # stop after this many failed trials in a row (0: never)
-    seed_plans: bool = False  # sensitivity first (cached under results/sensitivity/), then allocated plans
+    # Sensitivity first (cached under results/sensitivity/), then allocated plans. None: when the study has at
+    # least SEED_PLANS_FROM trials; below that the stage (about a minute on Fashion-MNIST) costs more than it buys.
+    seed_plans: bool | None = None
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -55,6 +58,10 @@ class RunSettings:
         if not _STUDY_NAME.fullmatch(self.study):
             raise UserError(f"--study {self.study!r}: use letters, digits, '.', '_' or '-', starting with a letter "
                             "or digit (it names the folder results/<study>/)")
+
+    @property
+    def seeds_plans(self) -> bool:
+        return self.trials >= SEED_PLANS_FROM if self.seed_plans is None else self.seed_plans
 
     @property
     def study_dir(self) -> Path:
