@@ -79,8 +79,14 @@ def run_study(name: str, scratch: Path, args, space: Path, variant: str, seed: i
     except RunStopped as e:  # too many failures in a row: score what it has, say so
         stopped = str(e)
         print(f"  stopped: {stopped}")
+    trials = open_study(name, scratch).study.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    # The study's own span (its first trial's start to its last trial's end, setup excluded): a resumed study
+    # keeps the time it took when it ran, not this invocation's.
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else None
     return {"study": name, "sampler": variant, "seed": seed, "wall_seconds": round(time.perf_counter() - start, 1),
-            "stopped": stopped}
+            "trials_span_seconds": round(span, 1) if span is not None else None, "stopped": stopped}
 
 
 def reference(view, profile) -> tuple[float, float]:
@@ -157,7 +163,9 @@ def summarise(rows: list[dict], samplers: list[str]) -> dict:
         hv = [r["hypervolume"] for r in rows if r["sampler"] == s]
         out[s] = {"median": statistics.median(hv), "min": min(hv), "max": max(hv), "mean": statistics.fmean(hv),
                   "seeds": len(hv), "median_wall_seconds": statistics.median(r["wall_seconds"] for r in rows
-                                                                            if r["sampler"] == s)}
+                                                                            if r["sampler"] == s),
+                  "median_span_seconds": statistics.median(r["trials_span_seconds"] or 0.0 for r in rows
+                                                           if r["sampler"] == s)}
     base = out.get("random", {}).get("median")
     for s in out.values():
         s["median_vs_random"] = s["median"] / base if base else None
@@ -215,6 +223,8 @@ def main() -> int:
                     f"memory {memory:g} MB (profile budget); ideal: accuracy 1, latency 0, memory 0")
     for r in rows:
         score(r, scratch, ref)
+        if SEEDED.removeprefix("+") in r["study"]:  # the seeding stage's cost: sensitivity + measured allocation
+            r["allocation"] = open_study(r["study"], scratch).attrs.get("allocation")
     accs = {r["teacher_accuracy"] for r in rows}
     if len(accs) > 1:
         print(f"warning: the studies' teachers differ in accuracy ({sorted(accs)}): the reference point assumes one")
@@ -229,8 +239,8 @@ def main() -> int:
     print()
     table([[s, f"{v['median']:.4f}", f"{v['min']:.4f}-{v['max']:.4f}", str(v["seeds"]),
             fmt(v["median_vs_random"], ".2f") + ("x" if v["median_vs_random"] else ""),
-            f"{v['median_wall_seconds']:.0f}"] for s, v in summary.items()],
-          ["sampler", "median HV", "min-max", "seeds", "vs random", "wall s"])
+            f"{v['median_wall_seconds']:.0f}", f"{v['median_span_seconds']:.0f}"] for s, v in summary.items()],
+          ["sampler", "median HV", "min-max", "seeds", "vs random", "wall s (this run)", "trials span s"])
     print(f"hypervolume after {args.trials} trials ({args.task}, {shown(space)}, {profile.name}); reference point: "
           f"{ref.note}")
     for r in rows:

@@ -70,7 +70,7 @@ def test_cached_table_is_reused_without_measuring(digits_task, capsys):
     ctx, first, _ = signal_sensitivity(digits_task)
     hits, misses = ctx.cache.hits, ctx.cache.misses
     t0 = time.perf_counter()
-    again = measure_sensitivity(ctx)
+    again = measure_sensitivity(ctx, bn_batches=first.bn_batches)
     took = time.perf_counter() - t0
     assert again.cached and again.rows == first.rows and again.key == first.key
     assert (ctx.cache.hits, ctx.cache.misses) == (hits, misses)  # the measurement cache was not even asked
@@ -182,6 +182,9 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     assert "seeded plans" in first.stderr and "search units:" in first.stderr
     cached = list((results / "sensitivity").glob("sensitivity-*.json"))
     assert len(cached) == 1
+    from search.study.sensitivity import DEFAULT_BN_BATCHES  # the stage re-estimates BatchNorm (bn-rank.json)
+
+    assert json.loads(cached[0].read_text())["bn_batches"] == DEFAULT_BN_BATCHES > 0
     view = load_study("seeded", results=results)
     seeded = [r for r in view.trials if r.seeded is not None]
     assert seeded and all(r.predicted and r.predicted["target_ms"] > 0 for r in seeded)

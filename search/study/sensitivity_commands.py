@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", default="results", metavar="DIR")
     p.add_argument("--study", help="share results/<study>/ (its structure cache and drift anchor; an existing "
                    "study must match task, space and profile); default a scratch folder results/sensitivity/")
-    p.add_argument("--bn-batches", type=_batches, default=0, metavar="N",
-                   help="re-estimate BatchNorm statistics of each pruned variant on N training batches of 128")
+    p.add_argument("--bn-batches", type=_batches, default=None, metavar="N",
+                   help="re-estimate BatchNorm statistics of each pruned variant on N training batches of 128 "
+                        "(default 4, as a study's sensitivity stage; 0: none)")
     p.add_argument("--targets", type=_targets, metavar="LIST",
                    help="also plan for these shares of the teacher's latency, e.g. 0.7,0.5,0.4,0.33")
     p.add_argument("--refresh", action="store_true", help="compute again even when the cached table matches")

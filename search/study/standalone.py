@@ -80,12 +80,13 @@ def open_context(task: str, space: str | Path, device: str | Path, *, study: str
 
 
 def sensitivity(task: str, space: str | Path, device: str | Path, *, study: str | None = None,
-                results: str | Path = "results", seed: int = 0, bn_batches: int = 0, refresh: bool = False,
+                results: str | Path = "results", seed: int = 0, bn_batches: int | None = None, refresh: bool = False,
                 data_dir: str | Path | None = None, train_on: str = "auto", progress: bool = True):
     """`measure_sensitivity` of the task's teacher, the context built as `open_context` says (the Python API of
     `hwsearch sensitivity`). A cached table is returned without building the context (nothing is measured)."""
-    from search.study.sensitivity import load_cached, measure_sensitivity, sensitivity_key
+    from search.study.sensitivity import DEFAULT_BN_BATCHES, load_cached, measure_sensitivity, sensitivity_key
 
+    bn_batches = DEFAULT_BN_BATCHES if bn_batches is None else bn_batches
     if bn_batches < 0:
         raise UserError(f"--bn-batches must be 0 or more, got {bn_batches}")
     if study is not None:
