@@ -24,19 +24,6 @@ from _common import REPO, BenchError, cli, header, open_study, shown, table, wri
 STUDIES = tuple(f"{s}-s{i}" for s in ("tpe", "random") for i in range(3))
 
 
-def predicted_drop(opts: dict, params: dict) -> float | None:
-    """The allocation's cost of `params` under a table's options (None: a value the table has no row for)."""
-    total = 0.0
-    for name, value in params.items():
-        if name not in opts:
-            continue
-        match = [o for o in opts[name] if o.value == value]
-        if not match:
-            return None
-        total += match[0].cost
-    return total
-
-
 def correlations(predicted: list[float], observed: list[float]) -> dict:
     from scipy.stats import kendalltau, spearmanr
 
@@ -57,7 +44,7 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where the cached teachers are")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bn-rank.json")
     args = parser.parse_args()
-    from search.study.allocate import options
+    from search.study.allocate import additive
     from search.study.standalone import sensitivity
 
     views = {name: open_study(name, args.source) for name in args.studies}
@@ -74,7 +61,6 @@ def main() -> int:
         result.setdefault("tables", {})[str(n)] = {"seconds": s.seconds, "cached": s.cached, "key": s.key,
                                                    "teacher_accuracy": s.teacher_accuracy}
     for n, s in tables.items():
-        opts = options(s)
         per_study, pooled_p, pooled_o = {}, [], []
         for name, view in views.items():
             teacher = view.teacher["accuracy"]
@@ -82,9 +68,9 @@ def main() -> int:
             for r in view.trials:
                 if r.state != "COMPLETE" or not r.trained or r.budget == "refine" or not r.values:
                     continue
-                pred = predicted_drop(opts, view.study.trials[r.number].params)
+                pred = additive(s, view.study.trials[r.number].params)  # the allocation's cost of the plan
                 if pred is not None:
-                    p.append(pred)
+                    p.append(pred.cost)
                     o.append(100 * (teacher - r.values[0]))
             per_study[name] = correlations(p, o)
             pooled_p += p

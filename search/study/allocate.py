@@ -173,7 +173,6 @@ def calibrate(sens: Sensitivity, target: float, measure: Callable[[dict], float]
             pool[key] = (plan, measure(plan.params))
         return pool[key][1]
 
-    reach = allocate(sens, target, floor_ms=floor_ms, max_model_mb=max_model_mb, need_ms=math.inf)
     lo, hi = 0.0, math.inf  # additive savings asked for: `lo` missed the target on the device, `hi` met it
     tried: set[tuple] = set()
     for _ in range(rounds):
@@ -194,14 +193,16 @@ def calibrate(sens: Sensitivity, target: float, measure: Callable[[dict], float]
             break
         a = allocate(sens, target, floor_ms=floor_ms, max_model_mb=max_model_mb, need_ms=need)
         if not a.feasible or _plan_key(a.params) in tried:
-            if math.isfinite(hi) or not reach.feasible or _plan_key(reach.params) in tried:
-                break  # nothing new between the bounds, or the most the savings reach was measured
-            a = reach
-    fits = [(p, ms) for p, ms in pool.values() if ms <= limit and _fits_size(p, max_model_mb)]
+            if math.isfinite(hi):
+                break  # nothing new between the bounds
+            a = allocate(sens, target, floor_ms=floor_ms, max_model_mb=max_model_mb, need_ms=math.inf)
+            if not a.feasible or _plan_key(a.params) in tried:
+                break  # the most the savings reach was measured
+    # Every pooled plan was solved under the same size budget (the floor plan is checked before it is pooled).
+    fits = [(p, ms) for p, ms in pool.values() if ms <= limit]
     if not fits and sens.floor_params and (floor := _as_plan(sens, sens.floor_params, a)) is not None \
-            and _fits_size(floor, max_model_mb):
-        measured(floor)
-        fits = [(floor, pool[_plan_key(floor.params)][1])] if pool[_plan_key(floor.params)][1] <= limit else []
+            and _fits_size(floor, max_model_mb) and (ms := measured(floor)) <= limit:
+        fits = [(floor, ms)]
     if fits:
         best, ms = min(fits, key=lambda x: (x[0].predicted_drop, x[1]))
     else:
@@ -214,17 +215,24 @@ def _fits_size(a: Allocation, max_model_mb: float | None) -> bool:
     return max_model_mb is None or a.predicted_model_mb is None or a.predicted_model_mb <= max_model_mb + _TOL
 
 
-def _as_plan(sens: Sensitivity, params: dict, like: Allocation) -> Allocation | None:
-    """A given plan (the floor's) with the additive model's numbers, or None when a value has no row."""
+def additive(sens: Sensitivity, params: dict) -> Option | None:
+    """The additive model of a given plan: its options' cost, latency and size savings summed (as one Option of
+    value 0), or None when a value of `params` has no row."""
     by = {p: {o.value: o for o in g} for p, g in options(sens).items()}
     try:
         chosen = [by[p][v] for p, v in params.items() if p in by]
     except KeyError:
         return None
-    saved = sum(o.saved_ms for o in chosen)
-    return replace(like, params=dict(params), additive_saved_ms=saved, predicted_drop=sum(o.cost for o in chosen),
-                   predicted_latency_ms=max(sens.floor_ms or 0.0, sens.teacher_latency_ms - saved),
-                   predicted_model_mb=sens.teacher_model_mb - sum(o.saved_mb for o in chosen))
+    return Option(0.0, sum(o.cost for o in chosen), sum(o.saved_ms for o in chosen), sum(o.saved_mb for o in chosen))
+
+
+def _as_plan(sens: Sensitivity, params: dict, like: Allocation) -> Allocation | None:
+    """A given plan (the floor's) with the additive model's numbers, or None when a value has no row."""
+    if (total := additive(sens, params)) is None:
+        return None
+    return replace(like, params=dict(params), additive_saved_ms=total.saved_ms, predicted_drop=total.cost,
+                   predicted_latency_ms=max(sens.floor_ms or 0.0, sens.teacher_latency_ms - total.saved_ms),
+                   predicted_model_mb=sens.teacher_model_mb - total.saved_mb)
 
 
 def _plan_key(params: dict) -> tuple:

@@ -306,8 +306,7 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
             bar.advance(1, status=tag)
     fastest = min(floor, key=floor.get, default=None)
     floor_params = {} if fastest is None else {  # as allocate's plans: every multi-choice parameter
-        **common_params(ctx), **{p: 0.0 for p in choices if p.startswith("prune.")}, **top,
-        **{p: 32 for p in choices if p.startswith("bits.")}, **(low if fastest == "floor-low" else {})}
+        **common_params(ctx), **top, **{p: 32 for p in low}, **(low if fastest == "floor-low" else {})}
     return Sensitivity(
         key=key, task=ctx.task.name, profile=ctx.profile.name, statistic=ctx.profile.measure.statistic,
         teacher_accuracy=t_acc, teacher_latency_ms=t_lat, teacher_model_mb=teacher[3],
