@@ -12,7 +12,8 @@ T 4, alpha 0.5: the values a plan without sampled ones gets), one run per (ratio
      their own teacher (the variant A favours) and compared on the drop below their teacher.
 
 Top-1 of the PyTorch students (fp32: the ONNX file scores the same) on val and on the 10,000 test images; the
-difference of two variants comes with its paired standard error over test images (seeds averaged per image).
+difference of two variants comes with its paired standard error over images (seeds averaged per image). The
+choice of A (which variant B uses) is made on val; the test split is sealed (`search.tasks.sealed`) until the report.
 Every training step runs inside the measurement gate (`search.measure.local.training_step`), so a study
 measuring on this host meanwhile is not disturbed. Writes benchmarks/results/distill.json.
 
@@ -64,21 +65,32 @@ def run(task, teacher, logits, ratio: float, seed: int, variant: str, args) -> d
                   augment=task.augment if live else None, temperature=4.0, alpha=0.5, epochs=args.epochs,
                   lr=3e-3, batch_size=128, seed=seed, num_threads=args.threads, step_guard=training_step)
     val = correct(student, *task.val.tensors)
-    test = correct(student, *task.test.tensors)
-    print(f"  ratio {ratio} seed {seed} {variant}: val {val.mean():.2%}, test {test.mean():.2%} "
-          f"({res.seconds:.0f} s)", flush=True)
-    return {"ratio": ratio, "seed": seed, "variant": variant, "val": float(val.mean()), "test": float(test.mean()),
-            "seconds": round(res.seconds, 1), "_test": test}
+    print(f"  ratio {ratio} seed {seed} {variant}: val {val.mean():.2%} ({res.seconds:.0f} s)", flush=True)
+    # The student is kept: the test split is read once, in the report, after every choice was made on val.
+    return {"ratio": ratio, "seed": seed, "variant": variant, "val": float(val.mean()),
+            "seconds": round(res.seconds, 1), "_val": val, "_student": student.eval()}
+
+
+def score_test(rows: list[dict], task) -> None:
+    for r in rows:
+        if "_test" not in r:
+            r["_test"] = correct(r["_student"], *task.test.tensors)
+            r["test"] = float(r["_test"].mean())
 
 
 def compare(rows: list[dict], a: str, b: str, ratio: float, key: str = "variant") -> dict:
     ra = sorted((r for r in rows if r[key] == a and r["ratio"] == ratio), key=lambda r: r["seed"])
     rb = sorted((r for r in rows if r[key] == b and r["ratio"] == ratio), key=lambda r: r["seed"])
-    diff, se = paired([r["_test"] for r in ra], [r["_test"] for r in rb])
-    mean = {v: {s: float(np.mean([r[s] for r in rr])) for s in ("val", "test", "seconds")}
-            for v, rr in ((a, ra), (b, rb))}
-    return {"ratio": ratio, "a": a, "b": b, "means": mean, "test_diff_pts": diff, "test_se": se,
-            "verdict": "b better" if diff > 2 * se else "a better" if diff < -2 * se else "within noise"}
+    out: dict = {"ratio": ratio, "a": a, "b": b}
+    splits = [s for s in ("val", "test") if all(f"_{s}" in r for r in ra + rb)]
+    out["means"] = {v: {s: float(np.mean([r[s] for r in rr])) for s in (*splits, "seconds")}
+                    for v, rr in ((a, ra), (b, rb))}
+    for split in splits:
+        diff, se = paired([r[f"_{split}"] for r in ra], [r[f"_{split}"] for r in rb])
+        out.update({f"{split}_diff_pts": diff, f"{split}_se": se})
+    diff, se = out[f"{splits[-1]}_diff_pts"], out[f"{splits[-1]}_se"]
+    out["verdict"] = "b better" if diff > 2 * se else "a better" if diff < -2 * se else "within noise"
+    return out
 
 
 def no_smoothing_teacher(task, args):
@@ -117,47 +129,59 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distill.json")
     args = parser.parse_args()
     from search.compress.distillation import teacher_logits
+    from search.tasks.sealed import seal_test
 
     result = header("bench_distill.py", None)
-    task = load_task("fashion-mnist", args.results)
+    task, seal = seal_test(load_task("fashion-mnist", args.results))  # read once, in the report
     teacher = task.teacher
     seeds = range(args.seeds)
     logits = teacher_logits(teacher, task.train)
     print("A. cached logits vs live teacher on augmented inputs", flush=True)
     rows = [run(task, teacher, logits, r, s, v, args)
             for r in args.ratios for s in seeds for v in ("cached", "live-aug")]
-    a = [compare(rows, "cached", "live-aug", r) for r in args.ratios]
-    best = "live-aug" if sum(c["test_diff_pts"] for c in a) > 0 else "cached"
-    t_val, t_test = correct(teacher, *task.val.tensors), correct(teacher, *task.test.tensors)
-    result.update(teacher={"label_smoothing": 0.05, "val": float(t_val.mean()), "test": float(t_test.mean())},
-                  budget={"epochs": args.epochs, "lr": 3e-3, "batch_size": 128, "temperature": 4.0, "alpha": 0.5},
-                  augmentation=task.augment and str(task.augment.keywords.get("recipe")),
-                  part_a={"runs": [{k: v for k, v in r.items() if k != "_test"} for r in rows], "compare": a,
-                          "chosen": best})
-    b = None
+    # Decided on val (summed paired val difference over the ratios); test is opened only for the report.
+    best = "live-aug" if sum(compare(rows, "cached", "live-aug", r)["val_diff_pts"] for r in args.ratios) > 0 \
+        else "cached"
+    t_val = correct(teacher, *task.val.tensors)
+    result.update(budget={"epochs": args.epochs, "lr": 3e-3, "batch_size": 128, "temperature": 4.0, "alpha": 0.5},
+                  augmentation=task.augment and str(task.augment.keywords.get("recipe")), decided_on="val")
+    b = rows_b = None
     if not args.skip_smoothing:
         print(f"B. label smoothing 0.05 vs 0 in the teacher (students distilled {best})", flush=True)
         start = time.perf_counter()
+        b = []
         plain, meta = no_smoothing_teacher(task, args)
         plain_logits = teacher_logits(plain, task.train)
-        p_val, p_test = correct(plain, *task.val.tensors), correct(plain, *task.test.tensors)
+        p_val = correct(plain, *task.val.tensors)
         rows_b = [dict(r, teacher="smooth-0.05") for r in rows if r["variant"] == best]
         rows_b += [dict(run(task, plain, plain_logits, r, s, best, args), teacher="smooth-0")
                    for r in args.ratios for s in seeds]
+    # Every choice is made: the held-out split, once.
+    seal.unseal()
+    score_test(rows + (rows_b if b is not None else []), task)
+    t_test = correct(teacher, *task.test.tensors)
+    a = [compare(rows, "cached", "live-aug", r) for r in args.ratios]
+    result.update(teacher={"label_smoothing": 0.05, "val": float(t_val.mean()), "test": float(t_test.mean())},
+                  part_a={"runs": [_public(r) for r in rows], "compare": a, "chosen": best})
+    if b is not None:
         b = [compare(rows_b, "smooth-0.05", "smooth-0", r, key="teacher") for r in args.ratios]
+        p_test = correct(plain, *task.test.tensors)
         teacher_diff = paired([t_test], [p_test])
         result["part_b"] = {
             "teacher_smooth_0": {"val": float(p_val.mean()), "test": float(p_test.mean()), **meta,
                                  "seconds_here": round(time.perf_counter() - start, 1)},
             "teacher_test_diff_pts": teacher_diff[0], "teacher_test_se": teacher_diff[1],
-            "runs": [{k: v for k, v in r.items() if k != "_test"} for r in rows_b if r["teacher"] == "smooth-0"],
-            "compare": b}
+            "runs": [_public(r) for r in rows_b if r["teacher"] == "smooth-0"], "compare": b}
     print()
     table([[f"{c['ratio']:g}", c["a"], c["b"], f"{c['means'][c['a']]['test']:.2%}", f"{c['means'][c['b']]['test']:.2%}",
             f"{c['test_diff_pts']:+.2f} ± {c['test_se']:.2f}", c["verdict"]] for c in a + (b or [])],
           ["ratio", "a", "b", "a test", "b test", "b - a (pts)", "verdict"])
     write_json(args.out, result)
     return 0
+
+
+def _public(row: dict) -> dict:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Plan: one trial's complete compression recipe, a frozen JSON-serialisable value.
 
 `{temperature, alpha, prune: {layer: ratio}, bits: {layer: 32|16|8|4}, seed}`; layer names are the
-PyTorch module names of the user's model. Bits: 32 = float32 (not quantized), 16 = A16W8,
+PyTorch module names of the user's model. A ratio of 1.0 names a block removed whole (depth: the search's
+`pruning.depth`), replaced by the identity. Bits: 32 = float32 (not quantized), 16 = A16W8,
 8 = A8W8 (static QDQ, per-channel int8 weights), 4 = int4 weights with 8-bit activations.
 """
 
@@ -51,8 +52,9 @@ class Plan:
         if not 0.0 <= self.alpha <= 1.0:
             raise UserError(f"plan: alpha must lie in [0, 1], got {self.alpha}")
         for layer, ratio in self.prune.items():
-            if not 0.0 <= ratio < 1.0:
-                raise UserError(f"plan: prune ratio of layer '{layer}' must lie in [0, 1), got {ratio}")
+            if not 0.0 <= ratio <= 1.0:
+                raise UserError(f"plan: prune ratio of layer '{layer}' must lie in [0, 1] (1: the block is removed), "
+                                f"got {ratio}")
         for layer, b in self.bits.items():
             if b not in VALID_BITS:
                 allowed = ", ".join(map(str, VALID_BITS))
@@ -131,7 +133,9 @@ class Plan:
 
         types = (nn.modules.conv._ConvNd, nn.Linear)
         weight_layers = [n for n, m in model.named_modules() if isinstance(m, types)]
-        _check_names("prune", self.prune, weight_layers)
+        blocks = [n for n, m in model.named_modules() if n and not isinstance(m, types)]
+        _check_names("prune", {k: r for k, r in self.prune.items() if r < 1.0}, weight_layers)
+        _check_names("prune", {k: r for k, r in self.prune.items() if r >= 1.0}, blocks)
         bit_layers = list(dict.fromkeys([*weight_layers, *(quantizable or ())]))
         _check_names("bits", self.bits, bit_layers)
         return self

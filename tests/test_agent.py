@@ -129,7 +129,7 @@ def test_remote_measurement_matches_the_local_record(server, client):
     m = models()
     backend = client()
     rec = backend.measure(m["int8"], m["fp32"])
-    assert rec.backend.startswith("remote http://127.0.0.1:") and rec.device and rec.latency.runs == 50
+    assert rec.backend.startswith("remote http://127.0.0.1:") and rec.device and rec.latency.runs % 50 == 0
     assert 0.2 < rec.ratio() < 1.0 and rec.reference_baseline == rec.reference
     assert rec.memory_total_mb > rec.memory_overhead_mb > 0
     # The raw agent answer has exactly the record's fields.

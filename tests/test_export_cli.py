@@ -46,6 +46,8 @@ def test_export_verify_passes_and_the_file_is_the_scored_one(real_study, view, t
     assert manifest["model"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert manifest["format"] == MANIFEST_FORMAT and manifest["trial"] == best
     assert manifest["plan"] == rec.plan and manifest["objectives"]["accuracy"] == rec.values[0]
+    row = view.front.set_index("trial").loc[best]  # where it came from and its training, as the front says
+    assert (manifest["origin"], manifest["budget"]) == (row.origin, row.budget) and row.budget
     assert manifest["profile_digest"] == view.attrs[S_PROFILE_DIGEST] == view.profile.digest()
     assert manifest["input"]["name"] == "input" and manifest["input"]["shape"][1:] == [1, 8, 8]
     assert manifest["input"]["dtype"] == "float32" and manifest["input"]["value_range"] == [0.0, 1.0]

@@ -18,13 +18,16 @@ from search.plan import Plan
 from search.study.pareto import nearest_front, pareto_ranks
 from search.study.record import (
     OBJECTIVES,
+    ORIGINS,
     S_TEACHER,
+    T_BASELINE,
     T_CONSTRAINTS,
     T_FEASIBLE,
     T_METRICS,
     T_PLAN,
     T_PRECISION,
     T_PRUNED,
+    T_TRAINED,
     TrialRecord,
 )
 
@@ -77,7 +80,12 @@ def test_derived_columns(real_study):
         assert row.quant_share == pytest.approx(
             sum(e["runs_as"] in ("int8", "int4") for e in precision.values()) / len(precision))
         assert row.temperature == summary["temperature"]
+        # origin from the tags the search wrote (no refinement or seeded plan in this short study)
+        name = t.user_attrs.get(T_BASELINE, "")
+        assert row.origin == ("uniform" if name.startswith("prune") else "baseline" if name else "sampled")
+        assert row.budget == ("explore 10 steps ≤512" if t.user_attrs[T_TRAINED] else "none")
     assert set(view.all_trials.baseline) >= {"teacher-fp32", "teacher-int8"}
+    assert set(view.all_trials.origin) >= {"baseline", "uniform", "sampled"}
 
 
 @pytest.mark.slow  # the real study
@@ -89,15 +97,18 @@ def test_cli_formats_show_the_same_front(real_study):
     csv = pd.read_csv(io.StringIO(r.stdout))
     assert sorted(csv.trial) == numbers
     assert list(csv.accuracy) == list(view.front.accuracy)
+    assert list(csv.origin) == list(view.front.origin) and list(csv.budget) == list(view.front.budget)
     r = run_cli("front", *cli_args(real_study), "--format", "json", "--all")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert sorted(x["trial"] for x in rows) == sorted(t.number for t in view.study.trials)
     assert sorted(x["trial"] for x in rows if x["on_front"]) == numbers
+    assert all(x["origin"] in ORIGINS and x["budget"] for x in rows if x["state"] == "COMPLETE")
     r = run_cli("front", *cli_args(real_study))
     assert r.returncode == 0, r.stderr
     assert f"{len(numbers)} on the front" in r.stdout
     assert all(f"│ {n:>5} │" in r.stdout for n in numbers)
+    assert "origin" in r.stdout and all(o in r.stdout for o in view.front.origin)
 
 
 @pytest.mark.slow  # the real study

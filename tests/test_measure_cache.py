@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,40 @@ def test_records_keep_the_backends_drift_anchor_across_instances(tmp_path):
     assert MeasurementCache(tmp_path).measure(m["fp32_other_weights"], PROFILE, backend,
                                               reference_path=m["fp32"]) == first
     assert backend.calls == []
+
+
+class ScriptedBackend(CountingBackend):
+    """Answers each call with the next scripted per-round ratios; records the round overrides it was given."""
+
+    def __init__(self, *answers: list[float]) -> None:
+        super().__init__()
+        self.answers, self.overrides = list(answers), []
+
+    def measure(self, onnx_path, reference_path=None, *, rounds=None, max_rounds=None):
+        rec = super().measure(onnx_path, reference_path)
+        self.overrides.append((rounds, max_rounds))
+        ratios = self.answers.pop(0)
+        return dataclasses.replace(rec, ratio_p50=statistics.median(ratios), round_ratios=ratios,
+                                   rounds=len(ratios))
+
+
+def test_recheck_of_an_older_record_without_round_ratios():
+    """A record from before round_ratios counts as one round; a disagreeing check re-measures by the rule."""
+    m = models()
+    cache, backend = MeasurementCache(), ScriptedBackend([1.0], [1.0, 1.01])
+    key = cache.key(m["fp32"], PROFILE, m["fp32"])
+    cache.put(key, dataclasses.replace(CountingBackend().measure(m["fp32"], m["fp32"]), ratio_p50=1.5))
+    rec = cache.measure(m["fp32"], PROFILE, backend, reference_path=m["fp32"], recheck=True)
+    assert backend.overrides == [(1, 1), (None, None)]  # one check round, then the profile's rounds
+    assert rec.round_ratios == [1.5, 1.0, 1.0, 1.01] and rec.agreed and rec.ratio_p50 == 1.0
+    assert (rec.rechecked, rec.replaced) == (1, 1)
+    again = cache.measure(m["fp32"], PROFILE, ScriptedBackend([1.02]), reference_path=m["fp32"], recheck=True)
+    assert (again.rechecked, again.replaced, again.ratio_p50) == (2, 1, 1.0)  # within 2 x 3%: kept
+
+
+def test_without_recheck_a_hit_runs_nothing():
+    m = models()
+    cache = MeasurementCache()
+    cache.measure(m["fp32"], PROFILE, CountingBackend())
+    backend = ScriptedBackend()
+    assert cache.measure(m["fp32"], PROFILE, backend).rechecked == 0 and backend.calls == []

@@ -61,8 +61,8 @@ def test_summary():
     [
         ({"bits": {"a.conv": 12}}, "32, 16, 8, 4"),
         ({"bits": {"a.conv": 8.5}}, "32, 16, 8, 4"),
-        ({"prune": {"a.conv": 1.0}}, "[0, 1)"),
-        ({"prune": {"a.conv": -0.1}}, "[0, 1)"),
+        ({"prune": {"a.conv": 1.5}}, "[0, 1]"),
+        ({"prune": {"a.conv": -0.1}}, "[0, 1]"),
         ({"alpha": 1.5}, "alpha"),
         ({"temperature": 0.0}, "temperature"),
     ],

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import optuna
 
-from search.study.record import DIRECTIONS, T_CONSTRAINTS, T_FEASIBLE, T_REFINED_FROM, T_TRAINED
+from search.study.record import (
+    DIRECTIONS,
+    T_BASELINE,
+    T_CONSTRAINTS,
+    T_FEASIBLE,
+    T_REFINED_FROM,
+    T_SEEDED,
+    T_TRAINED,
+)
 from search.study.refine import pick_refine
 
 
@@ -24,7 +32,7 @@ def _study(points: list[tuple[float, float, bool]]) -> optuna.Study:
     return st
 
 
-def test_faster_than_every_training_free_model_comes_first():
+def test_faster_than_every_training_free_model_comes_first_by_latency_band():
     st = _study([
         (0.93, 0.140, False),  # 0: fp32 teacher
         (0.92, 0.120, False),  # 1: its int8 PTQ: the fastest training-free model
@@ -35,10 +43,29 @@ def test_faster_than_every_training_free_model_comes_first():
         (0.80, 0.050, True),  # 6: fastest
         (0.79, 0.090, True),  # 7: dominated by 4
     ])
-    assert [t.number for t in pick_refine(st, 3)] == [6, 5, 4]  # fastest first
-    assert [t.number for t in pick_refine(st, 1)] == [6]
-    # More than the fast candidates: their next Pareto layer, then the slow ones.
-    assert [t.number for t in pick_refine(st, 7)] == [6, 5, 4, 3, 7, 2]
+    # Three bands of log-latency over 0.05..0.10 ms: the best of each non-empty band (0.05-0.063: 5; the
+    # middle band is empty; 0.079-0.10: 3), then the rest of the fast front, fastest first.
+    assert [t.number for t in pick_refine(st, 3)] == [5, 3, 6]
+    assert [t.number for t in pick_refine(st, 1)] == [3]  # one band: the most accurate fast point
+    # More than the fast candidates: the slow one (2) comes last.
+    picked = [t.number for t in pick_refine(st, 7)]
+    assert sorted(picked) == [2, 3, 4, 5, 6, 7] and picked[-1] == 2
+
+
+def test_the_uniform_plan_nearest_each_refined_searched_point_is_refined_beside_it():
+    st = _study([(0.93, 0.140, False), (0.92, 0.120, False)])  # 0, 1: training-free
+    _add(st, 0.90, 0.100, **{T_SEEDED: 0.7})  # 2: allocated
+    _add(st, 0.86, 0.050)  # 3: sampled, fast
+    _add(st, 0.89, 0.061, **{T_BASELINE: "prune50-kd-fp32"})  # 4: uniform, nearest 3
+    _add(st, 0.91, 0.095, **{T_BASELINE: "prune25-kd-fp32"})  # 5: uniform, nearest 2
+    _add(st, 0.80, 0.040, **{T_BASELINE: "prune70-kd-fp32"})  # 6: uniform, fastest
+    _add(st, 0.92, 0.130, **{T_BASELINE: "teacher-int8"}, trained=False)  # 7: training-free, not uniform
+    picked = [t.number for t in pick_refine(st, 4)]
+    # Two bands of the searched points (2 and 3), each with its nearest uniform plan (4 for 3, 5 for 2).
+    assert picked == [3, 4, 2, 5]
+    assert [t.number for t in pick_refine(st, 2)] == [2, 5]  # one band: its most accurate and the uniform beside it
+    # Slots to spare go to the rest of the fast front, the fastest uniform plan among them.
+    assert 6 in [t.number for t in pick_refine(st, 6)]
 
 
 def test_below_the_accuracy_floor_is_picked_over_the_hardware_budget_never():

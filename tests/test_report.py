@@ -14,7 +14,14 @@ from conftest import run_cli
 
 from search.inspect import load_study
 from search.inspect.front import reference_point
-from search.inspect.report import BASELINE_SYMBOLS, INFEASIBLE_COLOR, PLOT_IDS, layers_figure, pareto_figure
+from search.inspect.report import (
+    BASELINE_SYMBOLS,
+    INFEASIBLE_COLOR,
+    ORIGIN_SYMBOLS,
+    PLOT_IDS,
+    layers_figure,
+    pareto_figure,
+)
 from search.study.record import S_LAYERS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -77,6 +84,9 @@ def test_report_is_self_contained(report, real_study):
     assert view.profile.name in text and view.space.name in text
     for n in view.front.trial:
         assert f"<td>{n}</td>" in text
+    for origin in set(view.all_trials[view.all_trials.state == "COMPLETE"].origin):  # table cell, legend key
+        assert f"origin {origin} (" in text
+    assert all(f"<td>{o}</td>" in text for o in view.front.origin)
 
 
 @needs_chromium
@@ -107,10 +117,16 @@ def test_pareto_plot_marks_front_infeasible_baselines_and_budgets(real_study):
     front = traces["Pareto front"]
     assert sorted(int(re.search(r"trial (\d+)", h).group(1)) for h in front.text) == sorted(view.front.trial)
     assert all("prune" in h and "T " in h and "latency" in h for h in front.text)  # plan summary on hover
+    rows = view.front.set_index("trial")
+    for h, symbol in zip(front.text, front.marker.symbol, strict=True):
+        row = rows.loc[int(re.search(r"trial (\d+)", h).group(1))]
+        assert f"origin {row.origin}, trained: {row.budget}" in h and symbol == ORIGIN_SYMBOLS[row.origin]
+    complete = df[(df.state == "COMPLETE") & df.accuracy.notna()]
+    assert {n for n in traces if n.startswith("origin ")} == {f"origin {o}" for o in set(complete.origin)}
     infeasible = traces["infeasible"]
     assert infeasible.marker.color == INFEASIBLE_COLOR and len(infeasible.x) == int((~df.feasible).sum())
     symbols = {t.marker.symbol for name, t in traces.items() if name.startswith("baseline ")}
-    assert len(symbols) == len(set(df.baseline) - {""})
+    assert len(symbols) == len(set(df.baseline) & set(BASELINE_SYMBOLS))  # the named ones are ringed
     assert symbols <= {f"{s}-open" for s in BASELINE_SYMBOLS.values()}
     lines = {(s.x0, s.y0) for s in fig.layout.shapes}
     assert (top * 1.2, 0) in lines  # the budget, vertical

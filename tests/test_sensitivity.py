@@ -196,7 +196,9 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     # Each plan was measured untrained before it was seeded; its trial measured the same structure (a cache hit).
     assert (table.passes >= 1).all()
     for r in (r for r in seeded if r.state == "COMPLETE"):
-        assert r.values[1] == pytest.approx(r.predicted["allocated_ms"], rel=1e-9), r.number
+        # The same record, unless the check round after training disagreed and the structure was re-measured.
+        replaced = (r.measurement or {}).get("replaced")
+        assert r.values[1] == pytest.approx(r.predicted["allocated_ms"], rel=0.2 if replaced else 1e-9), r.number
         assert table.set_index("trial").within_target[r.number] == r.predicted["allocated_within"]
     allocation = view.attrs["allocation"]
     assert allocation["plans_measured"] >= len(seeded) and allocation["allocation_s"] > 0

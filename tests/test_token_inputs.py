@@ -47,7 +47,7 @@ def test_measurement_feeds_the_tasks_sample(token_model):
     assert np.array_equal(runner.decode_sample(sample), dataset.tensors[0][0].numpy())
     quick = {"warmup": 2, "repeats": 5, "timeout_s": 60}
     record = runner.measure(str(path), sample=sample, **quick)
-    assert record["latency"]["runs"] == 5
+    assert record["latency"]["runs"] % 5 == 0  # rounds of 5 timed runs each (until they agree)
     with pytest.raises(runner.RoundError, match="indices|out of bounds|idx"):
         runner.measure(str(path), **quick)  # without it: ids up to 9 on a 5-word vocabulary
     wrong = runner.encode_sample(np.zeros(LENGTH, dtype=np.float32))

@@ -40,6 +40,7 @@ _EXPORTS = {
     "QuantizeResult": "quantization",
     "quantize": "quantization",
     "layer_blocks": "blocks",
+    "droppable_blocks": "blocks",
     "LayerRun": "runs",
     "compare": "runs",
     "runs_as": "runs",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -66,3 +67,27 @@ def layer_blocks(model: nn.Module, layers: Iterable[str]) -> dict[str, list[str]
             key = ".".join(parts[: min(depth + 1, len(parts))])
         blocks.setdefault(key, []).append(layer)
     return blocks
+
+
+def droppable_blocks(model: nn.Module, example: torch.Tensor, blocks: Iterable[str]) -> list[str]:
+    """The blocks that can be removed whole (replaced by the identity): one tensor in, one tensor out of the
+    same shape and dtype, as a residual block's `x + f(x)` is; removing one keeps `x`."""
+    modules = dict(model.named_modules())
+    seen: dict[str, bool] = {}
+
+    def hook(name: str):
+        def check(_module, args, output) -> None:
+            ok = (len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor)
+                  and args[0].shape == output.shape and args[0].dtype == output.dtype)
+            seen[name] = seen.get(name, True) and ok
+        return check
+
+    names = [b for b in blocks if b in modules and b]  # "" would be the whole model
+    handles = [modules[b].register_forward_hook(hook(b)) for b in names]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return [b for b in names if seen.get(b)]

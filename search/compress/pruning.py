@@ -51,6 +51,7 @@ class PruneResult:
     coupled: dict[str, str] = field(default_factory=dict)  # layer -> layer whose ratio set its width
     heads: dict[str, int] = field(default_factory=dict)  # attention module -> num_heads after
     channels_before: dict[str, int] = field(default_factory=dict)  # out channels before, every Conv/Linear/Embedding
+    removed: tuple[str, ...] = ()  # blocks replaced by the identity (ratio 1.0 on a block: depth)
 
     def applied(self, ratios: Mapping[str, float]) -> dict[str, dict]:
         """What was asked and what was removed, per layer named in `ratios`: {layer: {requested, applied,
@@ -58,6 +59,9 @@ class PruneResult:
         `reason` is set whenever a requested ratio removed nothing or less than asked."""
         out = {}
         for layer, r in ratios.items():
+            if layer in self.removed:
+                out[layer] = {"requested": float(r), "applied": 1.0, "channels": [None, 0], "removed": True}
+                continue
             before, after = self.channels_before.get(layer), self.channels.get(layer)
             applied = 1.0 - after / before if before and after is not None else 0.0
             entry = {"requested": float(r), "applied": round(applied, 6), "channels": [before, after]}
@@ -116,6 +120,8 @@ def prune(
     calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> PruneResult:
     """A NEW, physically smaller copy of `model` with each named layer's group pruned by its ratio.
+    A ratio of 1.0 on a block (a module that is not itself a weight layer, whose output has its input's shape)
+    removes it: it is replaced by the identity, as if its residual branch were zero.
 
     `calibration` (inputs, labels) feeds the gradient Taylor importance needs; without it the
     example input and the model's own predictions stand in. Layers that cannot be pruned are
@@ -125,6 +131,9 @@ def prune(
     student = _student(model)
     macs_before, params_before = _count(student, example_input)
     before = {n: _width(m) for n, m in student.named_modules() if isinstance(m, WEIGHT_TYPES)}
+    removed, skipped_blocks = _remove_blocks(student, example_input, ratios)
+    ratios = {n: r for n, r in ratios.items()
+              if n not in removed and n not in skipped_blocks and not any(n.startswith(b + ".") for b in removed)}
     try:
         g = ChannelGraph(student, example_input)
     except Exception as exc:  # the whole model defeats torch-pruning's tracer: prune nothing
@@ -227,7 +236,30 @@ def prune(
             skipped[n] = "torch-pruning removed no output channel"
     heads = {a: int(mods[a].num_heads) for a in attention}
     return PruneResult(student, macs_before, macs_after, params_before, params_after, channels,
-                       skipped, coupled, heads, channels_before=before)
+                       {**skipped, **skipped_blocks}, coupled, heads, channels_before=before, removed=removed)
+
+
+def _remove_blocks(student: nn.Module, example_input: torch.Tensor,
+                   ratios: Mapping[str, float]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Replace each block named at ratio >= 1 by nn.Identity (in place); (removed, {block: why not})."""
+    modules = dict(student.named_modules())
+    removed, skipped = [], {}
+    for name in sorted(n for n, r in ratios.items() if r >= 1.0):
+        m = modules.get(name)
+        if m is None or isinstance(m, WEIGHT_TYPES) or not name:
+            skipped[name] = "a ratio of 1.0 removes a block; this is no block of the model"
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else student, child, nn.Identity())
+        try:
+            with torch.no_grad():
+                student(example_input)
+        except Exception as exc:  # its output is not its input's shape: put it back
+            setattr(modules[parent_name] if parent_name else student, child, m)
+            skipped[name] = f"cannot be removed whole ({type(exc).__name__}: {str(exc)[:150]})"
+            continue
+        removed.append(name)
+    return tuple(removed), skipped
 
 
 def _student(model: nn.Module) -> nn.Module:

@@ -51,8 +51,18 @@ class Measure(_Strict):
     batch: int = Field(1, ge=1, le=4096)
     statistic: Literal["p50", "p90", "mean"] = "p50"
     timeout_s: float = Field(120.0, gt=0, le=86_400, description="limit for one measurement round")
-    rounds: int = Field(1, ge=1, le=100, description="fresh-process rounds per measurement")
+    # One fresh process can land in a slow mode (11-25% off); rounds run until a majority (>= 2) of the
+    # per-round ratios lie within `agree` of their median, between `rounds` and `max_rounds` of them.
+    rounds: int = Field(2, ge=1, le=100, description="fewest fresh-process rounds per measurement")
+    max_rounds: int = Field(5, ge=1, le=100, description="most rounds, while the rounds disagree")
+    agree: float = Field(0.03, gt=0, le=1, description="relative tolerance of rounds that agree")
     memory_batch: int | None = Field(None, ge=1, le=4096, description="memory probe batch (default: batch)")
+
+    @model_validator(mode="after")
+    def _rounds_in_order(self) -> Measure:
+        if self.max_rounds < self.rounds:
+            raise ValueError(f"max_rounds ({self.max_rounds}) must be at least rounds ({self.rounds})")
+        return self
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> Measure:

@@ -70,12 +70,17 @@ class Pruning(_Strict):
     granularity: Literal["layer", "block"] = "block"
     importance: Literal["l1", "l2", "taylor", "lamp"] = "l2"
     never_prune: tuple[str, ...] = ()
+    # Depth: a block whose output has its input's shape (a residual block) may also be removed whole, ratio 1.0
+    # in the plan. Only per block: a layer's channels cannot all go.
+    depth: bool = False
 
     @model_validator(mode="after")
     def _ratio_range(self) -> Pruning:
         for r in self.ratios:
             if not 0.0 <= r < 1.0:
                 raise ValueError(f"every ratio must lie in [0, 1) (got {r})")
+        if self.depth and self.granularity != "block":
+            raise ValueError("depth: true removes whole blocks, so it needs granularity: block")
         return self
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError
+from search.inspect.front import budget_label
 from search.inspect.verify import VerifyError, VerifyReport, verify_model
 from search.study.pareto import is_feasible, nearest_front, pareto_ranks
-from search.study.record import OBJECTIVES, S_INPUT, S_PROFILE_DIGEST, TrialRecord
+from search.study.record import OBJECTIVES, S_INPUT, S_PROFILE_DIGEST, S_SPACE, TrialRecord, trial_origin
 from search.utils.atomic import atomic_write_text
 from search.utils.files import sha256_file
 
@@ -125,6 +126,9 @@ def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: An
         "constraints": rec.constraints,
         "baseline": rec.baseline,
         "refined_from": rec.refined_from,
+        # as the front row reads them: where the plan came from and the distillation it got
+        "origin": trial_origin(rec, {r.number: r for r in view.trials}),
+        "budget": budget_label(rec, view.attrs.get(S_SPACE)),
         "skipped_layers": rec.skipped_layers,
         "pruned": rec.pruned,  # per layer: requested and applied ratio, channels before/after, reason
         "precision": rec.precision,  # per layer: requested bits and the kernel ONNX Runtime runs

@@ -15,14 +15,15 @@ import pandas as pd
 
 from search.plan import Plan
 from search.study.pareto import front_numbers, is_feasible
-from search.study.record import OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord
+from search.study.record import OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord, trial_origin
 
 # accuracy/acc_change: the selection set (val), what every decision used. test_*: the held-out split,
 # scored once per front point at the end of a run; test_se is the standard error of the paired change.
+# origin: where the plan came from (search.study.record.ORIGINS); budget: the distillation it got ("none").
 FRONT_COLUMNS: tuple[str, ...] = (
     "trial", "accuracy", "acc_change", "test_accuracy", "test_change", "test_se", "test_verdict", "latency_ms",
     "speedup", "memory_mb", "model_mb", "size_ratio", "mean_prune", "quant_share", "temperature", "baseline",
-    "refined", "feasible",
+    "refined", "origin", "budget", "feasible",
 )
 ALL_COLUMNS: tuple[str, ...] = (*FRONT_COLUMNS, "state", "on_front", "fail_reason")
 
@@ -57,7 +58,26 @@ def quant_share(record: TrialRecord) -> float:
 INTEGER_KERNELS = ("int8", "int4")
 
 
-def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dict[str, Any]:
+_BUDGET_FIELDS = {"explore": "budget", "refine": "refine"}  # T_BUDGET name -> the space's distillation field
+
+
+def budget_label(record: TrialRecord, space: Mapping[str, Any] | None) -> str:
+    """The training a trial got, e.g. "explore 1 ep ≤20000", "refine 10 steps"; "none" for a training-free
+    model (teacher, PTQ, a broken hardware budget), "" for a trial that did not complete. `space` is the
+    study's S_SPACE dump; without it, only the budget's name."""
+    if record.state != "COMPLETE":
+        return ""
+    if not record.trained:
+        return "none"
+    name = record.budget or ("refine" if record.refined_from is not None else "explore")
+    b = ((space or {}).get("distillation") or {}).get(_BUDGET_FIELDS.get(name, name)) or {}
+    length = f" {b['epochs']:g} ep" if b.get("epochs") is not None else (
+        f" {b['steps']} steps" if b.get("steps") is not None else "")
+    return f"{name}{length}" + (f" ≤{b['max_samples']}" if b.get("max_samples") else "")
+
+
+def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin: str,
+         budget: str) -> dict[str, Any]:
     values = record.values or (math.nan,) * len(OBJECTIVES)
     acc, lat, mem = (_num(v) for v in values[: len(OBJECTIVES)])
     model_mb = _num(record.metrics.get("model_mb"))
@@ -81,6 +101,8 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dic
         "temperature": summary.get("temperature", math.nan),
         "baseline": record.baseline or "",
         "refined": record.refined_from is not None,
+        "origin": origin,
+        "budget": budget,
         "feasible": is_feasible(record),
         "state": record.state,
         "on_front": on_front,
@@ -89,10 +111,13 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool) -> dic
 
 
 def frame(records: Sequence[TrialRecord], front: Iterable[int], teacher: Mapping[str, Any], *,
-          include_all: bool) -> pd.DataFrame:
-    """Rows for `records` (all of them, or only the front ones) in the fixed column order."""
+          include_all: bool, space: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Rows for `records` (all of them, or only the front ones) in the fixed column order; `space` (the
+    study's S_SPACE dump) spells out each row's budget."""
     on = set(front)
-    rows = [_row(r, teacher, r.number in on) for r in records if include_all or r.number in on]
+    by_number = {r.number: r for r in records}  # all of them: a front refinement's source may be off the front
+    rows = [_row(r, teacher, r.number in on, trial_origin(r, by_number), budget_label(r, space))
+            for r in records if include_all or r.number in on]
     df = pd.DataFrame(rows, columns=list(ALL_COLUMNS))
     df = df.astype({"trial": "int64", "refined": "bool", "feasible": "bool", "on_front": "bool"})
     if include_all:
@@ -110,7 +135,8 @@ def compute_front(study: Any, *, include_all: bool = False) -> pd.DataFrame:
     teacher = study.user_attrs.get(S_TEACHER, {})
     scores = study.user_attrs.get(S_TEST_SCORES) or {}
     records = [TrialRecord.from_trial(t, scores) for t in study.get_trials(deepcopy=False)]
-    return frame(records, front_numbers(study), teacher, include_all=include_all)
+    return frame(records, front_numbers(study), teacher, include_all=include_all,
+                 space=study.user_attrs.get(S_SPACE))
 
 
 # ---- hypervolume -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 from search.compress.bits import BITS_TO_PRECISION
 from search.inspect.front import Reference, hypervolume_history, reference_point
 from search.inspect.seeded import seeded_section, units_section
-from search.study.record import BASELINES, S_LAYERS, S_SPACE, TrialRecord
+from search.study.record import BASELINES, O_ALLOCATED, O_BASELINE, O_SAMPLED, O_UNIFORM, S_LAYERS, S_SPACE, TrialRecord
 from search.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -26,8 +26,11 @@ if TYPE_CHECKING:
     from search.inspect.view import StudyData
 
 PLOT_IDS = ("pareto-latency", "pareto-memory", "hypervolume", "layers")
-# One marker symbol per seeded baseline so they stand out from searched trials (all circles).
-BASELINE_SYMBOLS = dict(zip(BASELINES, ("star", "diamond", "square", "triangle-up"), strict=True))
+# One open marker ringed around each named baseline (not strict: more uniform ones share their origin's symbol).
+BASELINE_SYMBOLS = dict(zip(BASELINES, ("star", "diamond", "square", "triangle-up"), strict=False))
+# The filled marker's shape says where the plan came from (colour says front/feasible/infeasible); shapes
+# unlike the baseline rings so a ringed point still reads.
+ORIGIN_SYMBOLS = {O_SAMPLED: "circle", O_ALLOCATED: "hexagon", O_UNIFORM: "triangle-down", O_BASELINE: "cross"}
 BIT_LABELS = {32: "32 fp32", 16: "16 A16W8", 8: "8 A8W8", 4: "4 A8W4"}
 BUDGET_ZOOM = 2.0  # a budget line further out than this many times the slowest/largest point goes off scale
 FRONT_COLOR, FEASIBLE_COLOR, INFEASIBLE_COLOR, BUDGET_COLOR = "#d62728", "#1f77b4", "#b0b0b0", "#8c2d04"
@@ -42,6 +45,7 @@ th{background:#f3f3f3}pre{background:#f7f7f7;padding:10px;overflow:auto;font-siz
 def _hover(row: pd.Series, rec: TrialRecord | None) -> str:
     plan = (rec.plan or {}) if rec else {}
     parts = [f"<b>trial {row.trial}</b>" + (f" ({row.baseline})" if row.baseline else ""),
+             f"origin {row.origin}, trained: {row.budget}",
              f"val top-1 {row.accuracy:.2%} ({row.acc_change:+.2f} pts)"]
     if isinstance(row.test_accuracy, float) and not math.isnan(row.test_accuracy):
         parts.append(f"test top-1 {row.test_accuracy:.2%} ({row.test_change:+.2f} &plusmn; {row.test_se:.2f} pts, "
@@ -69,8 +73,13 @@ def pareto_figure(view: StudyData, x: str, xlabel: str, budget: float | None, re
         part = df[mask]
         fig.add_trace(go.Scatter(
             x=part[x], y=part.accuracy, mode="markers", name=f"{name} ({len(part)})",
-            marker={"color": color, "size": size, "line": {"width": 1, "color": "white"}},
+            marker={"color": color, "size": size, "line": {"width": 1, "color": "white"},
+                    "symbol": [ORIGIN_SYMBOLS.get(o, "circle") for o in part.origin]},
             text=[_hover(r, records.get(r.trial)) for r in part.itertuples()], hoverinfo="text"))
+    for origin, symbol in ORIGIN_SYMBOLS.items():  # legend key only: the shapes live on the traces above
+        if n := int((df.origin == origin).sum()):
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"origin {origin} ({n})",
+                                     hoverinfo="skip", marker={"symbol": symbol, "size": 10, "color": "#555"}))
     for name, symbol in BASELINE_SYMBOLS.items():
         part = df[df.baseline == name]
         if len(part):
@@ -277,8 +286,10 @@ def build_html(view: StudyData) -> str:
 <p class="muted">hwsearch {__version__}, generated {now}. Hover a point for its trial and plan;
 export one with <code>hwsearch export --study {html.escape(view.name)} --trial N --out DIR --verify</code>.</p>
 <div class="cards">{card_html}</div>
-<h2>Pareto front</h2><p class="muted">Red: the front (non-dominated, feasible); blue: feasible; grey: infeasible;
-open black symbols: seeded baselines; dashed lines: the profile's budgets and the accuracy floor.</p>
+<h2>Pareto front</h2><p class="muted">Red: the front (non-dominated, feasible); blue: feasible; grey: infeasible.
+Shape: where the plan came from (origin: sampled, allocated by sensitivity, uniform baseline, training-free
+baseline; a refinement keeps its source's); open black symbols ring the named baselines; dashed lines: the
+profile's budgets and the accuracy floor. The table's budget column is the distillation each point got.</p>
 <div class="grid"><div>{divs["pareto-latency"]}</div><div>{divs["pareto-memory"]}</div></div>
 <h2>Front table</h2><p class="muted">{protocol}</p>{html_table(view.front)}
 <h2>Per-layer plans</h2>{divs["layers"]}

@@ -59,7 +59,8 @@ class StudyData:
     @functools.cached_property
     def all_trials(self) -> pd.DataFrame:
         """Every trial (the front's columns plus state, on_front, fail_reason): what plots draw."""
-        return frame(self.trials, front_numbers(self.study), self.teacher, include_all=True)
+        return frame(self.trials, front_numbers(self.study), self.teacher, include_all=True,
+                     space=self.attrs.get(S_SPACE))
 
     @functools.cached_property
     def front(self) -> pd.DataFrame:

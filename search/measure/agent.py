@@ -4,13 +4,14 @@ Needs only the standard library, numpy and onnxruntime, plus runner.py in the sa
 needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
-  POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, memory_batch,
-                      memory_limit_mb, timeout_s, graph_optimization, reference=<sha256 from /v1/reference>,
-                      sample=dtype:AxB:base64 (one input of the task's data, repeated to the batch as the feed);
+  POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, max_rounds, agree,
+                      memory_batch, memory_limit_mb, timeout_s, graph_optimization,
+                      reference=<sha256 from /v1/reference>, sample=dtype:AxB:base64 (one input of the
+                      task's data, repeated to the batch as the feed);
                       answers the Measurement record as JSON (candidate and reference interleaved in the
                       same fresh-process rounds, as locally). 409 when the reference is unknown (re-upload).
 Errors: 400 bad model/params, Content-Length not ASCII digits, or a request that may run longer than
---max-request-seconds ((rounds + 1) x timeout_s: every round and the one-off ONNX Runtime overhead probe are
+--max-request-seconds ((max_rounds + 1) x timeout_s: every round and the one-off ONNX Runtime overhead probe are
 each stopped at timeout_s); 401 token; 408 request headers not complete within --header-timeout-s, or a stalled
 or too slow upload; 411/413 no/too large Content-Length; 422 hung or crashed while measured; 503 queue full.
 
@@ -172,10 +173,12 @@ def _host_cap_mb() -> float:
 def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -> dict:
     """Validate and bound the measurement parameters of a query string (ValueError with a clear reason).
 
-    A request's work is bounded by (rounds + 1) x timeout_s: each round runs in a process stopped at timeout_s,
-    and so does the ONNX Runtime overhead probe before the first round. That bound may not exceed the agent's
-    own `max_request_s`, so one client cannot hold the device (and everyone queued behind it) for hours."""
+    A request's work is bounded by (max_rounds + 1) x timeout_s: each round (at least `rounds`, more while they
+    disagree: runner.rounds_agree) runs in a process stopped at timeout_s, and so does the ONNX Runtime
+    overhead probe before the first round. That bound may not exceed the agent's own `max_request_s`, so one
+    client cannot hold the device (and everyone queued behind it) for hours."""
     bounds = {"warmup": (int, 0, 100_000, 50), "repeats": (int, 1, 1_000_000, 200), "rounds": (int, 1, 20, 1),
+              "max_rounds": (int, 1, 20, None), "agree": (float, 0.0, 1.0, 0.03),
               "batch": (int, 1, 4096, 1), "threads": (int, 1, os.cpu_count() or 1, 1),
               "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
               "timeout_s": (float, 1.0, 3600.0, 120.0)}
@@ -197,6 +200,12 @@ def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -
         if not lo <= value <= hi:
             raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
         out[name] = value
+    if not out["agree"] > 0:
+        raise ValueError("agree must be greater than 0 (a relative tolerance)")
+    # Without max_rounds (a client from before the agreement rule) exactly `rounds` rounds run.
+    out["max_rounds"] = out["max_rounds"] or out["rounds"]
+    if out["max_rounds"] < out["rounds"]:
+        raise ValueError(f"max_rounds ({out['max_rounds']}) must be at least rounds ({out['rounds']})")
     cap = _host_cap_mb()  # clamped, not refused: the client cannot know this device's memory
     out["memory_limit_mb"] = min(out["memory_limit_mb"] or cap, cap)
     out["graph_optimization"] = raw.get("graph_optimization", ["all"])[0]
@@ -211,13 +220,14 @@ def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -
         if len(out["sample"]) > runner.SAMPLE_MAX_CHARS:
             raise ValueError(f"sample must be at most {runner.SAMPLE_MAX_CHARS} characters")
         runner.decode_sample(out["sample"])  # ValueError with the reason
-    worst = (out["rounds"] + 1) * out["timeout_s"]
+    worst = (out["max_rounds"] + 1) * out["timeout_s"]  # the rounds may disagree up to max_rounds
     if worst > max_request_s:
         most = max(0, math.floor(max_request_s / out["timeout_s"]) - 1)
-        raise ValueError(f"this request may run (rounds {out['rounds']} + 1 overhead probe) x timeout_s "
+        which = "max_rounds" if "max_rounds" in raw else "rounds"
+        raise ValueError(f"this request may run ({which} {out['max_rounds']} + 1 overhead probe) x timeout_s "
                          f"{out['timeout_s']:g} = {worst:g} s; this agent allows at most {max_request_s:g} s per "
-                         f"request (--max-request-seconds): use (rounds + 1) x timeout_s <= {max_request_s:g}"
-                         + (f", e.g. rounds <= {most} at this timeout_s" if most else ", a smaller timeout_s"))
+                         f"request (--max-request-seconds): use ({which} + 1) x timeout_s <= {max_request_s:g}"
+                         + (f", e.g. {which} <= {most} at this timeout_s" if most else ", a smaller timeout_s"))
     return out
 
 

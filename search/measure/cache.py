@@ -8,9 +8,11 @@ value: they are shapes and axes (Reshape targets, Slice bounds) and do change th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import statistics
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,11 @@ from search.config.profile import DeviceProfile
 from search.errors import TrialFailure
 from search.measure import Backend
 from search.measure.record import Measurement
+from search.measure.runner import agreeing, rounds_agree, spread
 from search.utils.atomic import atomic_write_text
 
-KEY_VERSION = "1"
+# 2: records measured by the agreement rule (runner.rounds_agree); version-1 entries (often one round) are not trusted.
+KEY_VERSION = "2"
 _SMALL_INT64 = 64  # elements: above this an int64 tensor is data (e.g. embedding ids), not a shape
 
 
@@ -147,11 +151,13 @@ class MeasurementCache:
         self._write(key, measurement.to_json())
 
     def measure(self, onnx_path: str | os.PathLike, profile: DeviceProfile, backend: Backend,
-                reference_path: str | os.PathLike | None = None) -> Measurement:
+                reference_path: str | os.PathLike | None = None, *, recheck: bool = False) -> Measurement:
         """The cached measurement of this structure on this profile, or a new one (failures not cached).
 
         A record is kept as the backend returned it, drift anchor included: the backend owns the anchor
-        (search.measure.record.Baselines), and a study gives every backend of its workers the same one."""
+        (search.measure.record.Baselines), and a study gives every backend of its workers the same one.
+        `recheck`: on a hit, time the structure once more in one fresh round (`_recheck`); the backend must
+        then take `rounds` and `max_rounds` keywords (LocalBackend, RemoteBackend)."""
         key = self.key(onnx_path, profile, reference_path)
         found = self.get(key)
         with self._lock:
@@ -160,7 +166,29 @@ class MeasurementCache:
         if found is None:
             found = backend.measure(onnx_path, reference_path)
             self.put(key, found)
+        elif recheck:
+            found = self._recheck(key, found, onnx_path, profile, backend, reference_path)
         return found
+
+    def _recheck(self, key: str, cached: Measurement, onnx_path: str | os.PathLike, profile: DeviceProfile,
+                 backend: Backend, reference_path: str | os.PathLike | None) -> Measurement:
+        """One check round against the cached value; more than 2 x agree off, the cached rounds may all have
+        come from one slow mode, so measure again by the agreement rule and keep every round seen."""
+        before = _value(cached)
+        if before is None:  # stopped by the memory limit: nothing timed to check
+            return cached
+        check = backend.measure(onnx_path, reference_path, rounds=1, max_rounds=1)  # type: ignore[call-arg]
+        now = _value(check)
+        if now is not None and abs(now - before) <= 2 * profile.measure.agree * before:
+            kept = dataclasses.replace(cached, rechecked=cached.rechecked + 1)
+            self.put(key, kept)
+            return kept
+        fresh = backend.measure(onnx_path, reference_path)
+        # Stopped by the memory limit this time: the fresh record says so; nothing to merge.
+        replaced = fresh if _value(fresh) is None else _merge(cached, check, fresh, profile.measure.agree)
+        replaced = dataclasses.replace(replaced, rechecked=cached.rechecked + 1, replaced=cached.replaced + 1)
+        self.put(key, replaced)
+        return replaced
 
     def _read(self, key: str) -> str | None:
         if self.directory is None:
@@ -173,6 +201,37 @@ class MeasurementCache:
     def _write(self, key: str, text: str) -> None:
         if self.directory is not None:  # atomic: another worker reads the old entry or the whole new one
             atomic_write_text(self.directory / f"{key}.json", text)
+
+
+def _value(m: Measurement) -> float | None:
+    """What a re-check compares: the p50 ratio to the reference, else the raw p50."""
+    if m.ratio_p50 is not None:
+        return m.ratio_p50
+    return m.latency.p50_ms if m.latency is not None else None
+
+
+def _rounds(m: Measurement) -> list[float]:
+    """A record's per-round values (`_value` per round); one value for a record from before round_ratios."""
+    per_round = m.round_ratios if m.ratio_p50 is not None else m.round_p50_ms
+    if per_round:
+        return list(per_round)
+    value = _value(m)
+    return [] if value is None else [value]
+
+
+def _merge(cached: Measurement, check: Measurement, fresh: Measurement, agree: float) -> Measurement:
+    """The fresh record with every round seen (cached + check + fresh); with a reference its p50 ratio is the
+    median of the rounds that agree among all of them (of all when they do not). p90/mean ratios, raw latency
+    and memory stay the fresh record's: only the p50 per round is kept."""
+    values = _rounds(cached) + _rounds(check) + _rounds(fresh)
+    agreed = rounds_agree(values, agree)
+    used = [values[i] for i in agreeing(values, agree)] if agreed else values
+    common = {"rounds": cached.rounds + check.rounds + fresh.rounds, "spread": spread(values), "agreed": agreed}
+    if fresh.ratio_p50 is None:  # no reference: the raw latency of the fresh rounds, every round listed
+        return dataclasses.replace(fresh, round_p50_ms=values, **common)
+    p50s = (cached.round_p50_ms or []) + (check.round_p50_ms or []) + (fresh.round_p50_ms or [])
+    return dataclasses.replace(fresh, round_ratios=values, round_p50_ms=p50s or None,
+                               ratio_p50=statistics.median(used), **common)
 
 
 def _digest(*parts: str) -> str:

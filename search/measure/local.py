@@ -109,13 +109,15 @@ class LocalBackend:
         self.baselines = Baselines(reference_baseline)
         self.sample = sample  # runner.encode_sample of one task input: the feed
 
-    def measure(self, onnx_path: str | os.PathLike,
-                reference_path: str | os.PathLike | None = None) -> Measurement:
+    def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,
+                rounds: int | None = None, max_rounds: int | None = None) -> Measurement:
+        """`rounds` / `max_rounds` override the profile's (the cache's one-round re-check)."""
         path = existing(onnx_path, "model")
         ref = existing(reference_path, "reference model") if reference_path is not None else None
         m, rt = self.profile.measure, self.profile.runtime
         settings = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
-                    "graph_optimization": rt.graph_optimization, "rounds": m.rounds,
+                    "graph_optimization": rt.graph_optimization, "rounds": rounds or m.rounds,
+                    "max_rounds": max_rounds or m.max_rounds, "agree": m.agree,
                     "memory_batch": m.memory_batch, "timeout_s": m.timeout_s,
                     "memory_limit_mb": memory_limit_mb(self.profile.budgets.memory_mb), "sample": self.sample}
         try:

@@ -25,7 +25,7 @@ def _check(statistic: str) -> str:
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency of one inference call at the record's batch, over all timed runs of all rounds."""
+    """Latency of one inference call at the record's batch, over all timed runs of the rounds used."""
 
     p50_ms: float
     p90_ms: float
@@ -44,10 +44,11 @@ _NESTED = ("latency", "reference", "reference_baseline")
 class Measurement:
     """Latency and peak memory of one ONNX model on one device profile.
 
-    Latency: `latency` is the candidate's raw figures. When a reference model was measured in the same
-    rounds, `reference` holds its figures, `ratio_*` the candidate/reference ratio (median over rounds) and
-    `corrected(stat)` = ratio x `reference_baseline` (a fixed reference latency, measured once per backend
-    or passed in), which cancels drift between rounds. `objective(stat)` is what a study minimises.
+    Latency: `latency` is the candidate's raw figures (over the rounds that agreed, `agreed`). When a
+    reference model was measured in the same rounds, `reference` holds its figures, `ratio_*` the
+    candidate/reference ratio (median over those rounds) and `corrected(stat)` = ratio x
+    `reference_baseline` (a fixed reference latency, measured once per backend or passed in), which
+    cancels drift between rounds. `objective(stat)` is what a study minimises.
     Memory (MB, at `memory_batch`): `memory_total_mb` is the peak-RSS growth of loading and running the
     model (ONNX Runtime + model), `memory_overhead_mb` ONNX Runtime's fixed share (a tiny model, same
     settings), `memory_model_mb` the difference. `over_budget` is true when the total breaks the profile's
@@ -76,6 +77,16 @@ class Measurement:
     memory_limit_mb: float | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
+    # Per-round evidence (runner.rounds_agree): p50 ratio to the reference per round (None without one), the
+    # candidate's p50 per round, (max - min) / median of the values judged, whether a majority agreed.
+    # Defaults keep records of older agents and caches readable.
+    round_ratios: list[float] | None = None
+    round_p50_ms: list[float] | None = None
+    spread: float | None = None
+    agreed: bool = False
+    # Cache re-checks (MeasurementCache.measure(recheck=True)): check rounds run, and re-measurements they caused.
+    rechecked: int = 0
+    replaced: int = 0
 
     # ---- drift ------------------------------------------------------------------------------------------
     def ratio(self, statistic: str = "p50") -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
 import time
 import urllib.error
@@ -48,6 +49,7 @@ class RemoteBackend:
         self.baselines = Baselines(reference_baseline)
         self.sample = sample  # runner.encode_sample of one task input: the feed, sent in the query
         self._max_upload_mb: float | None = None
+        self._max_request_s = 600.0  # the agent's --max-request-seconds, read with max_upload_mb
         self._uploaded: set[str] = set()  # reference models the agent holds
 
     # ---- HTTP ---------------------------------------------------------------------------------------------
@@ -92,18 +94,27 @@ class RemoteBackend:
         return self._check(*self._request("GET", "/v1/info"), "info")
 
     # ---- measurement --------------------------------------------------------------------------------------
-    def measure(self, onnx_path: str | os.PathLike,
-                reference_path: str | os.PathLike | None = None) -> Measurement:
+    def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,
+                rounds: int | None = None, max_rounds: int | None = None) -> Measurement:
+        """`rounds` / `max_rounds` override the profile's (the cache's one-round re-check)."""
         path = existing(onnx_path, "model")
         data = path.read_bytes()
         if self._max_upload_mb is None:
-            self._max_upload_mb = float(self.info().get("max_upload_mb", 64))
+            info = self.info()
+            self._max_upload_mb = float(info.get("max_upload_mb", 64))
+            self._max_request_s = float(info.get("max_request_s", self._max_request_s))
         if len(data) > self._max_upload_mb * 2**20:  # refused mid-upload, it would look like a reset socket
             raise TrialFailure(f"{path.name} is {len(data) / 2**20:.1f} MB; the agent at {self.url} accepts "
                                f"at most {self._max_upload_mb:g} MB")
         m, rt = self.profile.measure, self.profile.runtime
+        rounds = rounds or m.rounds
+        # Extra rounds only as far as the agent's bound (max_rounds + 1) x timeout_s allows; `rounds` itself
+        # over it is the agent's clear 400.
+        fits = math.floor(self._max_request_s / m.timeout_s) - 1
+        max_rounds = max(rounds, min(max_rounds or m.max_rounds, fits))
+        # An agent from before the agreement rule refuses max_rounds and agree by name (400): update it.
         params: dict = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
-                        "rounds": m.rounds, "timeout_s": m.timeout_s,
+                        "rounds": rounds, "max_rounds": max_rounds, "agree": m.agree, "timeout_s": m.timeout_s,
                         "graph_optimization": rt.graph_optimization}
         if m.memory_batch:
             params["memory_batch"] = m.memory_batch
@@ -117,8 +128,8 @@ class RemoteBackend:
             ref_data = existing(reference_path, "reference model").read_bytes()
             ref_key = hashlib.sha256(ref_data).hexdigest()
             params["reference"] = ref_key
-        # A request may wait for the queue, then runs `rounds` rounds each bounded by timeout_s.
-        timeout = m.timeout_s * (m.rounds + 1) * 3 + 30
+        # A request may wait for the queue, then runs up to `max_rounds` rounds each bounded by timeout_s.
+        timeout = m.timeout_s * (max_rounds + 1) * 3 + 30
         for attempt in range(2):
             if ref_data is not None and ref_key is not None and (attempt or ref_key not in self._uploaded):
                 self._check(*self._request("POST", "/v1/reference", ref_data), "the reference model")

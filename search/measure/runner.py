@@ -3,8 +3,9 @@
 Imports only the standard library at module level; numpy and onnxruntime are imported in the child
 process that `python runner.py` starts, so this file can be copied to a device next to agent.py.
 
-Parent side: `measure(...)` runs each round in a FRESH interpreter (`run_round`) and folds the rounds
-into a record dict whose keys are the fields of `search.measure.record.Measurement`.
+Parent side: `measure(...)` runs each round in a FRESH interpreter (`run_round`) until the rounds agree
+(`rounds_agree`) and folds them into a record dict whose keys are the fields of
+`search.measure.record.Measurement`.
 Child side: `main()` reads a JSON spec on stdin, prints one JSON result line on stdout.
 """
 
@@ -152,15 +153,42 @@ def decode_sample(text: str):
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
+def agreeing(values: list[float], tol: float) -> list[int]:
+    """Indexes of the values within `tol` (relative) of the median of all of them."""
+    if not values:
+        return []
+    mid = statistics.median(values)
+    return [i for i, v in enumerate(values) if abs(v - mid) <= tol * abs(mid)]
+
+
+def rounds_agree(values: list[float], tol: float) -> bool:
+    """The stopping rule: a majority of the per-round values, and at least 2, lie within `tol` of their median.
+    One fresh process can land in a slow mode (11-25% off) that its own same-round reference does not cancel;
+    rounds that agree with each other are what a measurement can trust."""
+    return len(agreeing(values, tol)) >= max(2, len(values) // 2 + 1)
+
+
+def spread(values: list[float]) -> float | None:
+    """(max - min) / median of the per-round values; None without two of them."""
+    mid = statistics.median(values) if len(values) > 1 else 0.0
+    return (max(values) - min(values)) / mid if mid else None
+
+
 def measure(model: str, reference: str | None = None, *, warmup: int = 50, repeats: int = 200,
-            batch: int = 1, threads: int = 1, graph_optimization: str = "all", rounds: int = 1,
-            memory_batch: int | None = None, memory_limit_mb: float | None = None, timeout_s: float = 120.0,
-            seed: int = 0, sample: str | None = None) -> dict:
-    """Measure `model` in `rounds` fresh processes (memory probe in the first); return a record dict.
+            batch: int = 1, threads: int = 1, graph_optimization: str = "all", rounds: int = 2,
+            max_rounds: int = 5, agree: float = 0.03, memory_batch: int | None = None,
+            memory_limit_mb: float | None = None, timeout_s: float = 120.0, seed: int = 0,
+            sample: str | None = None) -> dict:
+    """Measure `model` in fresh processes (memory probe in the first); return a record dict.
+
+    At least `rounds` rounds run, then more until `rounds_agree` holds for the per-round p50 ratios to the
+    reference (without one: the per-round candidate p50), or `max_rounds` ran. The record's latency figures
+    and ratios come from the agreeing rounds (from all when they never agreed).
     `sample` (`encode_sample`: one input of the task's own data) is repeated to the batch as the feed;
     without it float inputs get uniform [0, 1) values and integer inputs small ids."""
     started = time.time()
     memory_batch = memory_batch or batch
+    max_rounds = max(max_rounds, rounds)
     base = {"model": model, "reference": reference, "warmup": warmup, "repeats": repeats, "batch": batch,
             "threads": threads, "graph_optimization": graph_optimization, "seed": seed, "sample": sample,
             "memory_limit_mb": memory_limit_mb, "cpus": pick_cpus(threads)}
@@ -170,28 +198,40 @@ def measure(model: str, reference: str | None = None, *, warmup: int = 50, repea
                     "threads": threads, "rounds": rounds, "ort_version": "unknown",
                     "device": describe_device()["summary"], "backend": "local", "reference": None,
                     "ratio_p50": None, "ratio_p90": None, "ratio_mean": None, "reference_baseline": None,
-                    "over_budget": False, "error": None, "memory_limit_mb": memory_limit_mb}
-    results = []
-    for r in range(rounds):
+                    "over_budget": False, "error": None, "memory_limit_mb": memory_limit_mb,
+                    "round_ratios": None, "round_p50_ms": None, "spread": None, "agreed": False,
+                    "rechecked": 0, "replaced": 0}
+    results: list[dict] = []
+    values: list[float] = []  # what the stopping rule judges: per-round ratio, or candidate p50
+    while len(results) < max_rounds:
         try:
-            results.append(run_round({**base, "memory_batch": memory_batch if r == 0 else None}, timeout_s))
+            res = run_round({**base, "memory_batch": memory_batch if not results else None}, timeout_s)
         except RoundError as e:
             if e.kind != "memory":
                 raise
             # Stopped by the hard limit: the peak is at least the limit; no latency is worth measuring.
             return {**record, "memory_total_mb": memory_limit_mb, "over_budget": True, "error": str(e),
                     "started_at": started, "finished_at": time.time()}
+        results.append(res)
+        p50 = stats(res["candidate_ms"])["p50_ms"]
+        values.append(p50 / stats(res["reference_ms"])["p50_ms"] if reference else p50)
+        if len(results) >= rounds and rounds_agree(values, agree):
+            break
+    agreed = rounds_agree(values, agree)
+    used = [results[i] for i in agreeing(values, agree)] if agreed else results
     first = results[0]
     total = first["memory"]["peak_mb"]
-    cand = [t for res in results for t in res["candidate_ms"]]
+    cand = [t for res in used for t in res["candidate_ms"]]
     record.update(latency=stats(cand), memory_total_mb=total, ort_version=first["ort_version"],
-                  memory_model_mb=None if total is None or overhead is None else max(0.0, total - overhead))
+                  memory_model_mb=None if total is None or overhead is None else max(0.0, total - overhead),
+                  rounds=len(results), round_p50_ms=[stats(res["candidate_ms"])["p50_ms"] for res in results],
+                  round_ratios=values if reference else None, spread=spread(values), agreed=agreed)
     if reference:
-        ref = [t for res in results for t in res["reference_ms"]]
+        ref = [t for res in used for t in res["reference_ms"]]
         record["reference"] = stats(ref)
         for s in ("p50", "p90", "mean"):
             per_round = [stats(res["candidate_ms"])[f"{s}_ms"] / stats(res["reference_ms"])[f"{s}_ms"]
-                         for res in results]
+                         for res in used]
             record[f"ratio_{s}"] = statistics.median(per_round)
     return {**record, "started_at": started, "finished_at": time.time()}
 

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "latency targets from the teacher's down to the measured floor (each measured on the "
                         "device and solved again until it meets its target), within the profile's size budget, "
                         "after the baselines (default: on from 20 trials)")
+    p.add_argument("--uniform-curve", action=argparse.BooleanOptionalAction, default=None,
+                   help="queue every uniform plan of the space (each pruning ratio, fp32 and int8) as baselines, so "
+                        "--refine retrains the uniform plan nearest each searched point it refines (default: on "
+                        "from 20 trials)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--worker-id", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
@@ -79,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                      artifacts=args.artifacts, workers=args.workers, sampler=args.sampler, seed=args.seed,
                      timeout=args.timeout, results=args.results, refine=args.refine, train_on=args.train_on,
                      data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id,
-                     max_failures=args.max_failures, seed_plans=args.seed_plans)
+                     max_failures=args.max_failures, seed_plans=args.seed_plans,
+                     uniform_curve=args.uniform_curve)
     except KeyboardInterrupt:
         print(f"stopped: study '{args.study}' keeps every finished trial; rerun the same command to resume",
               file=sys.stderr)

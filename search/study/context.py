@@ -98,5 +98,6 @@ class Context:
             self._logits = cached_teacher_logits(self.task, self.logits_dir, self.device)
         return self._logits
 
-    def measure(self, onnx_path: Path):
-        return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx)
+    def measure(self, onnx_path: Path, recheck: bool = False):
+        """`recheck`: a cache hit is confirmed by one fresh round (MeasurementCache.measure)."""
+        return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx, recheck=recheck)

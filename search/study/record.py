@@ -6,6 +6,7 @@ module, so a renamed attribute breaks loudly in one spot instead of silently in 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -117,3 +118,27 @@ class TrialRecord:
 
 _OWN_FIELDS = frozenset({"number", "state", "values", "test"})  # read from the trial itself, not its user attrs
 _ATTR_KEYS = {"onnx_artifact": T_ONNX_ARTIFACT, "plan_artifact": T_PLAN_ARTIFACT}  # named unlike their field
+
+
+# Where a trial's plan came from, so the front compares like with like (a refinement takes its source's).
+O_BASELINE, O_UNIFORM, O_ALLOCATED, O_SAMPLED = "baseline", "uniform", "allocated", "sampled"
+ORIGINS: tuple[str, ...] = (O_BASELINE, O_UNIFORM, O_ALLOCATED, O_SAMPLED)
+UNIFORM_PREFIX = "prune"  # baselines named prune{pct}-kd-{fp32|int8}: every unit at one ratio, distilled
+
+
+def is_uniform(baseline: str | None) -> bool:
+    """A uniform-plan baseline (prune50-kd-fp32, ...), as opposed to a training-free one (teacher-*)."""
+    return bool(baseline) and str(baseline).startswith(UNIFORM_PREFIX)
+
+
+def trial_origin(record: TrialRecord, by_number: Mapping[int, TrialRecord]) -> str:
+    """One of ORIGINS: `baseline` (training-free teacher-*), `uniform` (prune* baselines), `allocated`
+    (sensitivity-seeded), `sampled` (the sampler's). A refinement does not keep `seeded`, so it is looked
+    up through `refined_from`; its own attributes decide only when the source is not in `by_number`."""
+    seen = {record.number}
+    while record.refined_from is not None and (src := by_number.get(record.refined_from)) and src.number not in seen:
+        record = src
+        seen.add(src.number)
+    if record.baseline:
+        return O_UNIFORM if is_uniform(record.baseline) else O_BASELINE
+    return O_ALLOCATED if record.seeded is not None else O_SAMPLED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 
 from search.study.pareto import is_feasible, pareto_layers
@@ -14,6 +16,7 @@ from search.study.record import (
     T_REFINED_FROM,
     T_TRAINED,
     TrialRecord,
+    is_uniform,
 )
 
 LATENCY = OBJECTIVES.index("latency_ms")  # in a trial's values
@@ -24,14 +27,41 @@ def _within_budgets(t: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for name, v in constraints.items() if name not in ACCURACY_CONSTRAINTS)
 
 
+def _uniform(t: optuna.trial.FrozenTrial) -> bool:
+    return is_uniform(t.user_attrs.get(T_BASELINE))
+
+
+def _log_latency(t: optuna.trial.FrozenTrial) -> float:
+    return math.log(max(t.values[LATENCY], 1e-12))
+
+
+def _bands(trials: list, n: int) -> list[list]:
+    """`trials` split into `n` bands of equal width in log-latency, fastest first (empty bands dropped)."""
+    if not trials:
+        return []
+    lo, hi = min(map(_log_latency, trials)), max(map(_log_latency, trials))
+    width = (hi - lo) / n or 1.0
+    bands: list[list] = [[] for _ in range(n)]
+    for t in trials:
+        bands[min(n - 1, int((_log_latency(t) - lo) / width))].append(t)
+    return [b for b in bands if b]
+
+
+def _best(band: list) -> optuna.trial.FrozenTrial:
+    """A band's best candidate: its own Pareto front's most accurate point (fastest among equals)."""
+    return max(pareto_layers(band, lambda t: t.values)[0], key=lambda t: (t.values[0], -t.values[LATENCY]))
+
+
 def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The K most promising trained trials not yet refined, fastest first, by their own Pareto layers.
+    """The K most promising trained trials not yet refined, covering the front by latency band.
 
     Promising: within the hardware budgets (the accuracy floor is not applied: a short-budget accuracy is
     what refinement is there to raise), and faster than every training-free feasible model (the teacher,
     its PTQ), since refining a slower one buys accuracy those already have at a better latency; the slower
-    ones come last. Fastest first: the short budget costs the most accuracy at high pruning, and the slow
-    end of the front is already held by the baselines.
+    ones come last. By band: the searched candidates (sampled or allocated) are split into bands of
+    log-latency, fastest band first; each band gives its best point and, when the study has the uniform
+    curve, the uniform plan nearest it in latency, refined beside it with the same budget, so the front
+    compares like with like. Slots left over go by Pareto layer, fastest first.
     """
     if k <= 0:
         return []
@@ -42,13 +72,25 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     free = [t.values[LATENCY] for t in trials
             if not t.user_attrs.get(T_TRAINED) and is_feasible(TrialRecord.from_trial(t))]
     fastest_free = min(free, default=float("inf"))
+    fast = [t for t in pool if t.values[LATENCY] < fastest_free]
+    uniform = [t for t in fast if _uniform(t)]
+    searched = [t for t in fast if not _uniform(t)]
     chosen: list[optuna.trial.FrozenTrial] = []
-    for group in ([t for t in pool if t.values[LATENCY] < fastest_free],
-                  [t for t in pool if t.values[LATENCY] >= fastest_free]):
-        for layer in pareto_layers(group, lambda t: t.values):
-            if len(chosen) == k:
-                return chosen
-            chosen += sorted(layer, key=lambda t: t.values[LATENCY])[: k - len(chosen)]
+
+    def take(t: optuna.trial.FrozenTrial) -> None:
+        if len(chosen) < k and all(t is not c for c in chosen):
+            chosen.append(t)
+
+    for band in _bands(searched, max(1, (k + 1) // 2 if uniform else k)):
+        best = _best(band)
+        take(best)
+        left = [u for u in uniform if all(u is not c for c in chosen)]
+        if left:
+            take(min(left, key=lambda u: abs(_log_latency(u) - _log_latency(best))))
+    for group in (fast, [t for t in pool if t.values[LATENCY] >= fastest_free]):
+        for layer in pareto_layers([t for t in group if all(t is not c for c in chosen)], lambda t: t.values):
+            for t in sorted(layer, key=lambda t: t.values[LATENCY]):
+                take(t)
     return chosen
 
 

@@ -155,7 +155,8 @@ class _Run:
                 print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
                       file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
-            for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile).items():
+            for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile,
+                                               uniform_curve=s.uniform_plans).items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
             if s.seeds_plans:
                 self._enqueue_seeded(ctx)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import optuna
 
 from search.config import DeviceProfile, SearchSpace
 from search.plan import Plan
+from search.study.record import UNIFORM_PREFIX
+
+DROP = 1.0  # a pruning "ratio" of 1.0 removes the whole block (`pruning.depth`)
+
+
+def removed_by(prune: Mapping[str, float]) -> tuple[str, ...]:
+    """The blocks a Plan.prune removes whole."""
+    return tuple(sorted(k for k, r in prune.items() if r >= DROP))
+
+
+def under(layer: str, blocks: tuple[str, ...]) -> bool:
+    return any(layer == b or layer.startswith(b + ".") for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -27,17 +40,36 @@ class SearchLayers:
     quant_blocks: dict[str, list[str]] = field(default_factory=dict)
     quant_ops: dict[str, list[str]] = field(default_factory=dict)
     pruning_skipped: str = ""  # why the model has no pruning axis ("" when it has one)
+    droppable: list[str] = field(default_factory=list)  # blocks that can be removed whole (`pruning.depth`)
 
     def to_dict(self) -> dict:
         return {"groups": self.groups, "blocks": self.blocks, "quantizable": self.quantizable,
                 "quant_blocks": self.quant_blocks, "quant_ops": self.quant_ops,
-                "pruning_skipped": self.pruning_skipped}
+                "pruning_skipped": self.pruning_skipped, "droppable": self.droppable}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchLayers:
         return cls(groups=d["groups"], blocks=d["blocks"], quantizable=d["quantizable"],
                    quant_blocks=d.get("quant_blocks", {}), quant_ops=d.get("quant_ops", {}),
-                   pruning_skipped=d.get("pruning_skipped", ""))
+                   pruning_skipped=d.get("pruning_skipped", ""), droppable=d.get("droppable", []))
+
+    def unit_ratios(self, unit: str, ratios: tuple[float, ...], space: SearchSpace) -> tuple[float, ...]:
+        """A pruning unit's choices: the space's ratios, plus 1.0 (remove the block) when `pruning.depth` is
+        on and the block can be removed whole."""
+        p = space.pruning
+        drop = p.depth and p.granularity == "block" and unit in self.droppable
+        return (*ratios, DROP) if drop else ratios
+
+    def prune_ratios(self, granularity: str, by_unit: Mapping[str, float]) -> dict[str, float]:
+        """Plan.prune from one ratio per unit: each unit's deciding layers at its ratio; a removed block
+        (DROP) appears under its own name, its layers not at all."""
+        units, out = self.prune_units(granularity), {}
+        for unit, r in by_unit.items():
+            if r >= DROP:
+                out[unit] = DROP
+            else:
+                out.update(dict.fromkeys(units[unit], r))
+        return out
 
     def summary(self, prune_granularity: str, quant_granularity: str) -> str:
         """One line for the start of a run: how many units each axis searches."""
@@ -78,18 +110,21 @@ def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, b
     d = space.distillation
     temperature = _float(trial, "temperature", d.temperature.low, d.temperature.high, d.temperature.log)
     alpha = _float(trial, "alpha", d.alpha.low, d.alpha.high, False)
-    prune: dict[str, float] = {}
+    by_unit: dict[str, float] = {}
     ratios = tuple(float(r) for r in space.pruning.ratios)
-    for unit, deciders in layers.prune_units(space.pruning.granularity).items():
-        r = ratios[0] if len(ratios) == 1 else float(trial.suggest_categorical(f"prune.{unit}", ratios))
-        for layer in deciders:
-            prune[layer] = r
+    for unit in layers.prune_units(space.pruning.granularity):
+        choices = layers.unit_ratios(unit, ratios, space)
+        by_unit[unit] = choices[0] if len(choices) == 1 else float(trial.suggest_categorical(f"prune.{unit}", choices))
+    prune = layers.prune_ratios(space.pruning.granularity, by_unit)
+    removed = removed_by(prune)
     plan_bits: dict[str, int] = {}
     for unit, members in layers.bit_units(space.quantization.granularity).items():
         choices = layers.unit_bits(members, bits, profile)
+        # Sampled even when its block is removed: a fixed set of parameters keeps the sampler's model simple.
         b = choices[0] if len(choices) == 1 else int(trial.suggest_categorical(f"bits.{unit}", choices))
         for layer in members:
-            plan_bits[layer] = b
+            if not under(layer, removed):
+                plan_bits[layer] = b
     return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=seed + trial.number)
 
 
@@ -97,13 +132,20 @@ def _clamp(v: float, low: float, high: float) -> float:
     return min(max(v, low), high)
 
 
+def uniform_name(ratio: float, b: int) -> str:
+    return f"{UNIFORM_PREFIX}{round(ratio * 100)}-kd-{'int8' if b == 8 else 'fp32'}"
+
+
 def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, ...],
-                    profile: DeviceProfile | None = None) -> dict[str, dict]:
+                    profile: DeviceProfile | None = None, uniform_curve: bool = False) -> dict[str, dict]:
     """Parameters of the baselines the front must never lose to, by name (those the space allows).
 
     teacher-fp32, teacher-int8 (uniform int8 PTQ), prune50-kd-fp32/int8 (uniform 50% pruning + distillation,
     in both precisions: whether int8 pays off once a model is pruned depends on the device; on local-1core it
     does not, 1.57x vs 1.99x). A baseline the space cannot express (no 0.5 ratio, no 8 bits) is left out.
+    `uniform_curve`: every other ratio of the space too, in fp32 and int8 (prune25-kd-fp32, prune70-kd-int8, ...):
+    the uniform recipe's whole curve, so refinement can retrain the uniform plan beside each searched point it
+    refines (search.study.refine) and the front compares like with like.
     """
     d = space.distillation
     common = {}
@@ -128,4 +170,6 @@ def baseline_params(space: SearchSpace, layers: SearchLayers, bits: tuple[int, .
 
     wanted = {"teacher-fp32": (0.0, 32), "teacher-int8": (0.0, 8), "prune50-kd-fp32": (0.5, 32),
               "prune50-kd-int8": (0.5, 8)}
+    if uniform_curve:
+        wanted.update({uniform_name(r, b): (r, b) for r in ratios if r > 0 for b in (32, 8)})
     return {name: p for name, (r, b) in wanted.items() if (p := params(r, b)) is not None}

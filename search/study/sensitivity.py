@@ -235,9 +235,10 @@ def _variants(ctx: Context) -> tuple[list[tuple[str, str, float, list[str]]], di
     ratios = sorted({float(r) for r in ctx.space.pruning.ratios})
     out, choices = [], {}
     for unit, layers in ctx.layers.prune_units(ctx.space.pruning.granularity).items():
-        if len(ratios) > 1:
-            choices[f"prune.{unit}"] = ratios
-        out += [(unit, "prune", r, layers) for r in ratios if r > 0]
+        mine = list(ctx.layers.unit_ratios(unit, tuple(ratios), ctx.space))  # + 1.0 (removed) with depth
+        if len(mine) > 1:
+            choices[f"prune.{unit}"] = mine
+        out += [(unit, "prune", r, layers) for r in mine if r > 0]
     for unit, layers in ctx.layers.bit_units(ctx.space.quantization.granularity).items():
         bits = sorted(ctx.layers.unit_bits(layers, ctx.bits, ctx.profile), reverse=True)
         if len(bits) > 1:
@@ -291,9 +292,9 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
             bar.advance(1, status=f"{kind}.{unit}={value:g}")
         floor: dict[str, float] = {}
         top = {p: max(v) for p, v in choices.items() if p.startswith("prune.")}
-        units = ctx.layers.prune_units(ctx.space.pruning.granularity)
-        fp32 = run.export(run.pruned({la: r for p, r in top.items() for la in units[p.removeprefix("prune.")]},
-                                     recalibrate=False)[0], "floor")
+        floor_ratios = ctx.layers.prune_ratios(ctx.space.pruning.granularity,
+                                               {p.removeprefix("prune."): r for p, r in top.items()})
+        fp32 = run.export(run.pruned(floor_ratios, recalibrate=False)[0], "floor")
         low = {p: min(v) for p, v in choices.items() if p.startswith("bits.")}
         bit_units = ctx.layers.bit_units(ctx.space.quantization.granularity)
         for tag, bits in (("floor", {}), ("floor-low", low)):
@@ -323,7 +324,8 @@ def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[
     no node metadata, so their sizes compare only with each other)."""
     runs: dict[str, str] = {}
     if kind == "prune":
-        model, widths, note = run.pruned({layer: value for layer in layers}, recalibrate=True)
+        gran = run.ctx.space.pruning.granularity
+        model, widths, note = run.pruned(run.ctx.layers.prune_ratios(gran, {unit: value}), recalibrate=True)
         if widths not in same:
             same[widths] = run.score(run.export(model, f"v{i}", fast=True))
         (acc, lat, mem, mb), base, changed = same[widths], same[None], widths is not None

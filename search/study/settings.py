@@ -45,6 +45,9 @@ class RunSettings:
     # Sensitivity first (cached under results/sensitivity/), then allocated plans. None: when the study has at
     # least SEED_PLANS_FROM trials; below that the stage (about a minute on Fashion-MNIST) costs more than it buys.
     seed_plans: bool | None = None
+    # Every uniform plan of the space (each ratio, fp32 and int8) as baselines, so refinement can retrain the one
+    # beside each searched point. None: from SEED_PLANS_FROM trials (a short study keeps its trials for the search).
+    uniform_curve: bool | None = None
 
     def __post_init__(self) -> None:
         if self.trials <= 0:
@@ -62,6 +65,10 @@ class RunSettings:
     @property
     def seeds_plans(self) -> bool:
         return self.trials >= SEED_PLANS_FROM if self.seed_plans is None else self.seed_plans
+
+    @property
+    def uniform_plans(self) -> bool:
+        return self.trials >= SEED_PLANS_FROM if self.uniform_curve is None else self.uniform_curve
 
     @property
     def study_dir(self) -> Path:

@@ -73,7 +73,7 @@ def _probe_pruning(task: Task, groups: dict[str, list[str]]) -> str:
 def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> SearchLayers:
     """The search units. A model torch-pruning cannot trace (a channel shuffle it cannot map) is still
     searched over quantization and distillation; the reason is kept as `pruning_skipped`."""
-    from search.compress import layer_blocks, prune_groups
+    from search.compress import droppable_blocks, layer_blocks, prune_groups
     from search.compress.export import short_reason
     from search.compress.onnx_names import weighted_nodes
 
@@ -89,10 +89,11 @@ def search_layers(task: Task, reference_onnx: Path, space: SearchSpace) -> Searc
         groups = {} if skipped else groups
     nodes = weighted_nodes(_split_reference(task, reference_onnx))
     quantizable = list(nodes)
-    return SearchLayers(groups=groups, blocks=layer_blocks(task.teacher, list(groups)), quantizable=quantizable,
+    blocks = layer_blocks(task.teacher, list(groups))
+    return SearchLayers(groups=groups, blocks=blocks, quantizable=quantizable,
                         quant_blocks=layer_blocks(task.teacher, quantizable),
                         quant_ops={layer: sorted({n.op_type for n in ns}) for layer, ns in nodes.items()},
-                        pruning_skipped=skipped)
+                        pruning_skipped=skipped, droppable=droppable_blocks(task.teacher, example_input(task), blocks))
 
 
 @contextmanager
