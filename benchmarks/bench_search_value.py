@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import statistics
 from pathlib import Path
@@ -81,8 +82,10 @@ class BenchStudy:
         space, profile = load_space(args.space), load_profile(args.device)
         # Depth allowed: the probe rows remove blocks; the uniform plans and the refine budget are the space's own.
         space = space.model_copy(update={"pruning": space.pruning.model_copy(update={"depth": True})})
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None  # taskset: one core
         self.ctx = build_context(self.study, task, space, profile, self.folder, seed=seed, train_on="cpu",
-                                 task_spec=args.task, space_file=str(args.space), profile_file=str(args.device))
+                                 threads=threads, task_spec=args.task, space_file=str(args.space),
+                                 profile_file=str(args.device))
         if not self.ctx.layers.droppable:  # a study begun before depth existed stored no droppable blocks
             from search.compress import droppable_blocks
             from search.study.context import example_input
@@ -160,6 +163,7 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     for name, params in _uniform_params(ctx).items():
         if is_uniform(name):
             rows.append({"seed": seed, "kind": "uniform", "tag": name, "params": params})
+    rows = [r for r in rows if args.int8_curve or "int8" not in r["tag"]]
     rows += depth_rows(ctx, seed) if args.depth_probe else []
     pool = bench.random_pool(args.pool, seed) if searched else []
     used: set[int] = set()
@@ -173,9 +177,9 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
                          "beside": s["trial"], "params": pool[near[0][1]]["params"]})
         else:
             print(f"seed {seed}: no random plan within {MATCH:.0%} of trial {s['trial']}'s {target:.4f} ms", flush=True)
-        rows.append({"seed": seed, "kind": "searched-kd", "tag": f"searched-kd@{s['study']}:{s['trial']}",
-                     "beside": s["trial"],
-                     "params": with_kd(s["params"], ctx.space)})
+        if args.recipe_rows:
+            rows.append({"seed": seed, "kind": "searched-kd", "tag": f"searched-kd@{s['study']}:{s['trial']}",
+                         "beside": s["trial"], "params": with_kd(s["params"], ctx.space)})
     for row in rows:
         n = bench.train(row["tag"], row["params"])
         t = bench.study.trials[n]
@@ -183,19 +187,18 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     return rows
 
 
-DEPTH_WIDTHS = (0.25, 0.5, 0.7)  # the uniform widths the depth probe removes blocks at (fp32)
+DEPTH_WIDTHS = (0.5, 0.7)  # the uniform widths the depth probe removes every removable block at (fp32)
 
 
 def depth_rows(ctx, seed: int) -> list[dict]:
     """Uniform width plus removed blocks (depth), fp32, with the baselines' recipe: every removable block at
-    each of DEPTH_WIDTHS, and each removable block alone at 50%. Not a search: a probe of whether depth buys
-    latency the width staircase does not."""
+    each of DEPTH_WIDTHS. Not a search: a probe of whether depth buys latency the width staircase does not."""
     from search.study.sampling import DROP, uniform_name
 
     droppable = ctx.layers.droppable
     uniform = {name: p for name, p in _uniform_params(ctx).items()}
     out = []
-    sets = [(w, tuple(droppable)) for w in DEPTH_WIDTHS] + [(0.5, (b,)) for b in droppable if len(droppable) > 1]
+    sets = [(w, tuple(droppable)) for w in DEPTH_WIDTHS]
     for width, drop in sets:
         base = uniform.get(uniform_name(width, 32))
         if base is None or not drop:
@@ -348,6 +351,14 @@ def main() -> int:
                         "curve and the bench rows always train with --space's refine budget")
     parser.add_argument("--no-depth-probe", dest="depth_probe", action="store_false",
                         help="skip the uniform plans with removed blocks")
+    parser.add_argument("--refine-epochs", type=float, help="refine budget (epochs over the whole training set) "
+                        "for every row and the searches' own refinements, instead of the space's")
+    parser.add_argument("--int8-curve", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the int8 uniform plans too (on local-1core they are slower than fp32 once pruned)")
+    parser.add_argument("--recipe-rows", action=argparse.BooleanOptionalAction, default=True,
+                        help="each searched structure again with the baselines' T and alpha")
+    parser.add_argument("--train-only", action="store_true", help="train the seeds' rows, then stop (several such "
+                        "processes, one per seed, can run at once; a last run without it times and reports)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     return run(args)
@@ -377,12 +388,20 @@ def run(args) -> int:
     def save() -> None:
         state_path.write_text(json.dumps(state))
 
+    if args.refine_epochs:  # one space file for the searches and the bench rows: the same refine budget
+        args.space, args.search_space = (_with_refine(scratch, p, args.refine_epochs) for p in
+                                         (args.space, args.search_space or args.space))
+        result.update(refine_epochs=args.refine_epochs, space_used=shown(args.space),
+                      search_space_used=shown(args.search_space))
     rows: list[dict] = []
     for seed in args.seeds:
         searched = searched_rows(scratch, seed, args)
         rows += searched + bench_rows(task, scratch, seed, searched, args)
-        result["rows"] = rows
-        write_json(out, result)
+        if not args.train_only:
+            result["rows"] = rows
+            write_json(out, result)
+    if args.train_only:
+        return 0
     for r in rows:
         r["key"] = f"{r['study']}-t{r['trial']}"
     files = {r["key"]: onnx_file(scratch, r) for r in rows}
@@ -413,6 +432,20 @@ def run(args) -> int:
           ["kind", "point", "seeds", "speedup", "test change", "test gap to uniform", "val gap", ">= 2 se"])
     write_json(out, result)
     return 0
+
+
+def _with_refine(scratch: Path, space: Path, epochs: float) -> Path:
+    """`space` with its refine budget set to `epochs` over the whole training set, written under `scratch`."""
+    import yaml
+
+    data = yaml.safe_load(Path(space).read_text())
+    data["distillation"]["refine"] = {"epochs": epochs}
+    out = scratch / f"{Path(space).stem}-refine{epochs:g}ep.yaml"
+    text = f"# {shown(space)} with refine: {{epochs: {epochs:g}}} (bench_search_value.py)\n" + yaml.safe_dump(
+        data, sort_keys=False)
+    if not out.is_file() or out.read_text() != text:
+        out.write_text(text)
+    return out
 
 
 def _pm(mean: float | None, sd: float | None) -> str:

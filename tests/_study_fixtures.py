@@ -33,7 +33,8 @@ accuracy:
 TINY_SPACE = space_text()
 
 
-QUICK_MEASURE = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60"
+# One or two rounds: the agreement rule has its own tests (test_measure_agreement.py); studies here test the rest.
+QUICK_MEASURE = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60, rounds: 1, max_rounds: 2"
 
 
 def profile_text(latency_ms: float = 5.0, memory_mb: float = 200.0, model_mb: float = 5.0,

@@ -73,6 +73,10 @@ def cmd_front(args: argparse.Namespace) -> int:
     return 0
 
 
+# Columns the printed table leaves to --format csv|json (and the report), so a piped table fits in 250 characters.
+TABLE_HIDDEN = ("temperature", "model_mb")
+
+
 def _print_table(view, df, *, every: bool) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -83,9 +87,10 @@ def _print_table(view, df, *, every: bool) -> None:
     title = (f"study {view.name}: {len(view.front)} on the front, {int(complete.feasible.sum())} feasible of "
              f"{len(complete)} complete trials ({len(view.all_trials)} in all)")
     table = Table(title=title, title_justify="left")
+    df = df.drop(columns=[c for c in TABLE_HIDDEN if c in df.columns])
     for col in df.columns:
-        table.add_column(col, justify="left" if col in ("baseline", "state", "fail_reason") else "right",
-                         no_wrap=col != "fail_reason", min_width=len(col))
+        table.add_column(col, justify="left" if col in ("baseline", "origin", "budget", "state", "fail_reason")
+                         else "right", no_wrap=col != "fail_reason", min_width=len(col))
     for row in df.to_dict("records"):
         on_front = bool(row.get("on_front", True))
         table.add_row(*(format_cell(c, v) for c, v in row.items()), style="bold" if every and on_front else None)

@@ -16,8 +16,10 @@ from search.measure.record import LatencyStats, Measurement
 
 
 class Backend(Protocol):
-    def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None
-                ) -> Measurement: ...
+    def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,
+                rounds: int | None = None, max_rounds: int | None = None) -> Measurement:
+        """`rounds`/`max_rounds` override the profile's (a one-round check of a cached structure)."""
+        ...
 
 
 def get_backend(profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,

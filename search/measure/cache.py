@@ -177,7 +177,7 @@ class MeasurementCache:
         before = _value(cached)
         if before is None:  # stopped by the memory limit: nothing timed to check
             return cached
-        check = backend.measure(onnx_path, reference_path, rounds=1, max_rounds=1)  # type: ignore[call-arg]
+        check = backend.measure(onnx_path, reference_path, rounds=1, max_rounds=1)
         now = _value(check)
         if now is not None and abs(now - before) <= 2 * profile.measure.agree * before:
             kept = dataclasses.replace(cached, rechecked=cached.rechecked + 1)

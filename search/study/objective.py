@@ -33,8 +33,10 @@ from search.study.record import (
     T_PLAN,
     T_PLAN_ARTIFACT,
     T_PRECISION,
+    T_PREDICTED,
     T_PRUNED,
     T_REFINED_FROM,
+    T_SEEDED,
     T_SKIPPED,
     T_STAGE,
     T_STAGE_SECONDS,
@@ -117,7 +119,8 @@ class Objective:
         except KeyboardInterrupt:
             # Ctrl-C: Optuna marks this trial FAIL; queue its plan again so a rerun picks it up
             # (a baseline or refinement must not be lost to an interruption).
-            keep = {k: trial.user_attrs[k] for k in (T_BASELINE, T_BUDGET, T_REFINED_FROM) if k in trial.user_attrs}
+            keep = {k: trial.user_attrs[k] for k in (T_BASELINE, T_BUDGET, T_REFINED_FROM, T_SEEDED, T_PREDICTED)
+                    if k in trial.user_attrs}  # its origin too (an allocated plan stays allocated)
             trial.study.enqueue_trial(trial.params, user_attrs={**keep, T_INTERRUPTED_FROM: trial.number})
             raise
         except Exception as e:
