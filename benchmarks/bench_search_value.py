@@ -174,12 +174,12 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
         if near and near[0][0] <= math.log1p(MATCH):
             used.add(near[0][1])
             rows.append({"seed": seed, "kind": "random", "tag": f"random@{s['study']}:{s['trial']}",
-                         "beside": s["trial"], "params": pool[near[0][1]]["params"]})
+                         "beside": f"{s['study']}-t{s['trial']}", "params": pool[near[0][1]]["params"]})
         else:
             print(f"seed {seed}: no random plan within {MATCH:.0%} of trial {s['trial']}'s {target:.4f} ms", flush=True)
         if args.recipe_rows:
             rows.append({"seed": seed, "kind": "searched-kd", "tag": f"searched-kd@{s['study']}:{s['trial']}",
-                         "beside": s["trial"], "params": with_kd(s["params"], ctx.space)})
+                         "beside": f"{s['study']}-t{s['trial']}", "params": with_kd(s["params"], ctx.space)})
     for row in rows:
         n = bench.train(row["tag"], row["params"])
         t = bench.study.trials[n]
@@ -420,9 +420,9 @@ def run(args) -> int:
         r.update(timed[r["key"]])
     for split in ("val", "test"):
         gaps(rows, correct, teacher, split)
-    speed = {(r["seed"], r["trial"]): r["speedup"] for r in rows if r["kind"] == "searched"}
-    for r in rows:
-        r["beside_speedup"] = speed.get((r["seed"], r.get("beside", r["trial"])), r["speedup"])
+    speed = {r["key"]: r["speedup"] for r in rows if r["kind"] == "searched"}
+    for r in rows:  # a random or searched-kd row stands at its searched point's operating point
+        r["beside_speedup"] = speed.get(r.get("beside", r["key"]), r["speedup"])
     result.update(rows=rows, summary=summary(rows),
                   teacher={"val": float(teacher["val"].mean()), "test": float(teacher["test"].mean())})
     table([[s["kind"], str(s["point"]), str(s["seeds"]), f"{s['speedup_mean']:.2f}x",
