@@ -13,8 +13,9 @@ Then every trained model and the teacher are re-timed side by side (--rounds int
 order, each a fresh process timing the model and the fp32 teacher: the median same-round ratio), and only then is
 the test split opened (it is sealed until the report: `search.tasks.sealed`): each point's test change against the
 teacher with its paired standard error, and its gap to the uniform curve of its own seed at its re-timed latency
-(the curve: the teacher plus the non-dominated uniform points, linear in log-latency; the gap's standard error is
-the paired per-image one). The same on val (what decides). Summary per operating point (the searched points of a
+(the curve: the teacher plus the non-dominated uniform points, linear in log-latency; beyond its fastest point
+the gap to that point is a lower bound, `*_gap_bound`; the gap's standard error is the paired per-image one).
+The same on val (what decides). Summary per operating point (the searched points of a
 seed by latency rank): mean gap and its standard error over seeds.
 
     .venv/bin/python benchmarks/bench_search_value.py [--task fashion-mnist] [--seeds 0 1 2] [--trials 24]
@@ -288,6 +289,11 @@ def gaps(rows: list[dict], correct: dict, teacher: dict, split: str) -> None:
             if r["kind"] == "uniform":
                 continue
             at = curve_at(curve, r["speedup"], split)
+            fastest = curve[-1]
+            if at is None and r["speedup"] > fastest["speedup"] and fastest["key"] != "teacher":
+                # Faster than every uniform plan: the curve can reach no higher there than its fastest point,
+                # so the gap to that point is a lower bound (positive: the point dominates the uniform recipe).
+                at, r[f"{split}_gap_bound"] = (fastest[split], {fastest["key"]: 1.0}), True
             if at is None:
                 r[f"{split}_gap"] = r[f"{split}_gap_se"] = None
                 continue
@@ -308,6 +314,7 @@ def _gap_stats(pts: list[dict]) -> dict:
             "test_gap_mean": _mean(g), "test_gap_std": round(sd, 3) if sd is not None else None,
             "test_gap_se_seeds": round(sd / math.sqrt(len(g)), 3) if sd is not None else None,
             "test_gap_se_images": [p.get("test_gap_se") for p in pts],
+            "test_gap_is_bound": [bool(p.get("test_gap_bound")) for p in pts],  # beyond the fastest uniform plan
             "val_gap_mean": _mean([p.get("val_gap") for p in pts]),
             "above_by_2se": bool(g and sd and statistics.fmean(g) >= 2 * sd / math.sqrt(len(g)))}
 
