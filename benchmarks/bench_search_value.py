@@ -26,7 +26,6 @@ seed by latency rank): mean gap and its standard error over seeds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -72,7 +71,7 @@ class BenchStudy:
 
         from search.config import load_profile, load_space
         from search.study.objective import Objective
-        from search.study.record import DIRECTIONS
+        from search.study.record import DIRECTIONS, S_ARTIFACTS
         from search.study.setup import build_context
 
         self.name, self.folder = f"bench-s{seed}", scratch / f"bench-s{seed}"
@@ -87,16 +86,9 @@ class BenchStudy:
         self.ctx = build_context(self.study, task, space, profile, self.folder, seed=seed, train_on="cpu",
                                  threads=threads, task_spec=args.task, space_file=str(args.space),
                                  profile_file=str(args.device))
-        if not self.ctx.layers.droppable:  # a study begun before depth existed stored no droppable blocks
-            from search.compress import droppable_blocks
-            from search.study.context import example_input
-
-            layers = self.ctx.layers
-            self.ctx.layers = dataclasses.replace(layers, droppable=droppable_blocks(
-                task.teacher, example_input(task), layers.blocks))
         (self.folder / "artifacts").mkdir(exist_ok=True)
         store = optuna.artifacts.FileSystemArtifactStore(str(self.folder / "artifacts"))
-        self.study.set_user_attr("artifacts_dir", str((self.folder / "artifacts").resolve()))
+        self.study.set_user_attr(S_ARTIFACTS, str((self.folder / "artifacts").resolve()))
         self.objective = Objective(self.ctx, store)
 
     def done(self) -> dict[str, int]:
@@ -135,7 +127,7 @@ class BenchStudy:
 
 def random_params(rng: random.Random, ctx, ratios: list[float]) -> dict:
     layers, space = ctx.layers, ctx.space
-    p = {k: v for k, v in KD.items() if _searched(space, k)}
+    p = _kd(space)
     for unit in layers.prune_units(space.pruning.granularity):
         p[f"prune.{unit}"] = rng.choice(ratios)
     for unit, members in layers.bit_units(space.quantization.granularity).items():
@@ -151,21 +143,25 @@ def _searched(space, name: str) -> bool:
 
 
 def with_kd(params: dict, space) -> dict:
-    return {**params, **{k: v for k, v in KD.items() if _searched(space, k)}}
+    return {**params, **_kd(space)}
+
+
+def _kd(space) -> dict:
+    """The baselines' T and alpha, as parameters where the space searches them."""
+    return {k: v for k, v in KD.items() if _searched(space, k)}
 
 
 def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> list[dict]:
     """Uniform curve, random plans at the searched points' latencies, searched structures with the KD recipe."""
     from search.study.record import is_uniform
+    from search.study.sampling import baseline_params
 
     bench = BenchStudy(task, scratch, seed, args)
     ctx = bench.ctx
-    rows = []
-    for name, params in _uniform_params(ctx).items():
-        if is_uniform(name):
-            rows.append({"seed": seed, "kind": "uniform", "tag": name, "params": params})
-    rows = [r for r in rows if args.int8_curve or "int8" not in r["tag"]]
-    rows += depth_rows(ctx, seed) if args.depth_probe else []
+    uniform = baseline_params(ctx.space, ctx.layers, ctx.bits, ctx.profile, uniform_curve=True)
+    rows = [{"seed": seed, "kind": "uniform", "tag": name, "params": params} for name, params in uniform.items()
+            if is_uniform(name) and (args.int8_curve or "int8" not in name)]
+    rows += depth_rows(uniform, ctx.layers.droppable, seed) if args.depth_probe else []
     pool = bench.random_pool(args.pool, seed) if searched else []
     used: set[int] = set()
     for s in (r for r in searched if r["kind"] == "searched"):
@@ -191,29 +187,20 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
 DEPTH_WIDTHS = (0.5, 0.7)  # the uniform widths the depth probe removes every removable block at (fp32)
 
 
-def depth_rows(ctx, seed: int) -> list[dict]:
+def depth_rows(uniform: dict[str, dict], droppable: list[str], seed: int) -> list[dict]:
     """Uniform width plus removed blocks (depth), fp32, with the baselines' recipe: every removable block at
     each of DEPTH_WIDTHS. Not a search: a probe of whether depth buys latency the width staircase does not."""
     from search.study.sampling import DROP, uniform_name
 
-    droppable = ctx.layers.droppable
-    uniform = {name: p for name, p in _uniform_params(ctx).items()}
     out = []
-    sets = [(w, tuple(droppable)) for w in DEPTH_WIDTHS]
-    for width, drop in sets:
+    for width in DEPTH_WIDTHS:
         base = uniform.get(uniform_name(width, 32))
-        if base is None or not drop:
+        if base is None or not droppable:
             continue
-        tag = f"{uniform_name(width, 32)}-drop-{'+'.join(drop)}"
+        tag = f"{uniform_name(width, 32)}-drop-{'+'.join(droppable)}"
         out.append({"seed": seed, "kind": "uniform-depth", "tag": tag,
-                    "params": {**base, **{f"prune.{b}": DROP for b in drop}}})
+                    "params": {**base, **{f"prune.{b}": DROP for b in droppable}}})
     return out
-
-
-def _uniform_params(ctx) -> dict[str, dict]:
-    from search.study.sampling import baseline_params
-
-    return baseline_params(ctx.space, ctx.layers, ctx.bits, ctx.profile, uniform_curve=True)
 
 
 def onnx_file(scratch: Path, row: dict) -> Path:
