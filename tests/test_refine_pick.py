@@ -74,3 +74,12 @@ def test_below_the_accuracy_floor_is_picked_over_the_hardware_budget_never():
     _add(st, 0.95, 0.010, latency_slack=0.5)  # 3: over the latency budget: never
     _add(st, 0.91, 0.060, **{T_REFINED_FROM: 1})  # 4: a refinement itself
     assert [t.number for t in pick_refine(st, 5)] == [2]  # 1 is already refined (by 4)
+
+
+def test_the_uniform_plan_beside_a_searched_point_is_on_the_uniform_envelope():
+    st = _study([(0.93, 0.140, False), (0.92, 0.120, False)])  # 0, 1: training-free
+    _add(st, 0.88, 0.070)  # 2: sampled
+    _add(st, 0.85, 0.069, **{T_BASELINE: "prune50-kd-int8"})  # 3: uniform, nearest 2 but dominated by 4
+    _add(st, 0.89, 0.060, **{T_BASELINE: "prune50-kd-fp32"})  # 4: uniform, on the envelope
+    _add(st, 0.80, 0.040, **{T_BASELINE: "prune70-kd-fp32"})  # 5: uniform, on the envelope, farther
+    assert [t.number for t in pick_refine(st, 2)] == [2, 4]

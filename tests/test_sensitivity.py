@@ -187,9 +187,14 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     assert json.loads(cached[0].read_text())["bn_batches"] == DEFAULT_BN_BATCHES > 0
     view = load_study("seeded", results=results)
     seeded = [r for r in view.trials if r.seeded is not None]
-    assert seeded and all(r.predicted and r.predicted["target_ms"] > 0 for r in seeded)
-    baselines = [r.number for r in view.trials if r.baseline]
-    assert min(r.number for r in seeded) > max(baselines)  # after the baselines
+    allocation = view.attrs["allocation"]
+    # Every feasible plan runs as a seeded trial, or is a baseline's plan (named, not run twice).
+    assert allocation["seeded"] > 0 and len(seeded) + len(allocation["as_baseline"]) == allocation["seeded"]
+    baselines = {r.baseline: r for r in view.trials if r.baseline}
+    assert set(allocation["as_baseline"].values()) <= set(baselines)
+    assert {r.seeded for r in seeded}.isdisjoint(float(t) for t in allocation["as_baseline"])
+    assert all(r.predicted and r.predicted["target_ms"] > 0 for r in seeded)
+    assert not seeded or min(r.number for r in seeded) > max(r.number for r in baselines.values())
     table = view.seeded
     assert len(table) == len([r for r in seeded if r.state == "COMPLETE" and r.predicted.get("feasible")])
     assert table.latency_error.notna().all() and (table.predicted_ms > 0).all()
@@ -200,7 +205,6 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
         replaced = (r.measurement or {}).get("replaced")
         assert r.values[1] == pytest.approx(r.predicted["allocated_ms"], rel=0.2 if replaced else 1e-9), r.number
         assert table.set_index("trial").within_target[r.number] == r.predicted["allocated_within"]
-    allocation = view.attrs["allocation"]
     assert allocation["plans_measured"] >= len(seeded) and allocation["allocation_s"] > 0
     report = view.report(tmp_path / "r.html").read_text()
     assert "Seeded plans: predicted vs measured" in report and 'id="sensitivity"' in report
@@ -214,7 +218,9 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     # Seeded from the cached table; which targets keep a distinct plan depends on the allocation's fresh
     # measurements (several agreeing rounds each, on a noisy host), so the set need not repeat exactly.
     targets = {r.seeded for r in again.trials if r.seeded is not None}
-    assert targets and all(0 < t < 1 for t in targets)
+    assert again.attrs["allocation"]["sensitivity_cached"] and again.attrs["allocation"]["seeded"] > 0
+    assert len(targets) + len(again.attrs["allocation"]["as_baseline"]) == again.attrs["allocation"]["seeded"]
+    assert all(0 < t < 1 for t in targets)
 
 
 def test_seed_plans_default_follows_the_trial_count():

@@ -33,7 +33,8 @@ S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the st
 # A study attribute: Optuna refuses to change a finished trial's attributes.
 S_TEST_SCORES = "test_scores"
 S_SENSITIVITY = "sensitivity"  # --seed-plans: [{"unit", "kind", "value", "accuracy_drop", "latency_saved_frac"}]
-S_ALLOCATION = "allocation"  # --seed-plans: {"sensitivity_s", "allocation_s", "plans_measured", "seeded"}
+# --seed-plans: {"sensitivity_s", "allocation_s", "plans_measured", "seeded", "as_baseline": {target: baseline}}
+S_ALLOCATION = "allocation"
 S_HAS_TEST = "has_test"  # False for a task without a `test` split: accuracies are the selection set's
 
 # Trial user attributes.

@@ -60,8 +60,9 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     its PTQ), since refining a slower one buys accuracy those already have at a better latency; the slower
     ones come last. By band: the searched candidates (sampled or allocated) are split into bands of
     log-latency, fastest band first; each band gives its best point and, when the study has the uniform
-    curve, the uniform plan nearest it in latency, refined beside it with the same budget, so the front
-    compares like with like. Slots left over go by Pareto layer, fastest first.
+    curve, the uniform plan of the uniform envelope (those no uniform plan dominates) nearest it in latency,
+    refined beside it with the same budget, so the front compares like with like. Slots left over go by
+    Pareto layer, fastest first.
     """
     if k <= 0:
         return []
@@ -74,6 +75,9 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     fastest_free = min(free, default=float("inf"))
     fast = [t for t in pool if t.values[LATENCY] < fastest_free]
     uniform = [t for t in fast if _uniform(t)]
+    # The curve a searched point is judged against: the uniform plans no other uniform plan dominates (on this
+    # host uniform int8 runs slower than fp32 once pruned; its plans are off the curve and would only add noise).
+    envelope = pareto_layers(uniform, lambda t: t.values)[0] if uniform else []
     searched = [t for t in fast if not _uniform(t)]
     chosen: list[optuna.trial.FrozenTrial] = []
 
@@ -84,7 +88,7 @@ def pick_refine(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     for band in _bands(searched, max(1, (k + 1) // 2 if uniform else k)):
         best = _best(band)
         take(best)
-        left = [u for u in uniform if all(u is not c for c in chosen)]
+        left = [u for u in envelope if all(u is not c for c in chosen)]
         if left:
             take(min(left, key=lambda u: abs(_log_latency(u) - _log_latency(best))))
     for group in (fast, [t for t in pool if t.values[LATENCY] >= fastest_free]):

@@ -155,18 +155,19 @@ class _Run:
                 print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
                       file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
-            for name, params in baseline_params(self.space, ctx.layers, ctx.bits, self.profile,
-                                               uniform_curve=s.uniform_plans).items():
+            baselines = baseline_params(self.space, ctx.layers, ctx.bits, self.profile, uniform_curve=s.uniform_plans)
+            for name, params in baselines.items():
                 st.enqueue_trial(params, user_attrs={T_BASELINE: name}, skip_if_exists=True)
             if s.seeds_plans:
-                self._enqueue_seeded(ctx)
+                self._enqueue_seeded(ctx, baselines)
         store = optuna.artifacts.FileSystemArtifactStore(str(s.artifacts_dir))
         self.bar = TrialProgress(st, total=s.trials + s.refine, enabled=s.progress)
         self.objective = Objective(ctx, store, on_stage=self.bar.stage, checkpoint=self.ctrl_c.check)
 
-    def _enqueue_seeded(self, ctx) -> None:
+    def _enqueue_seeded(self, ctx, baselines: dict[str, dict]) -> None:
         """Sensitivity first (cached per task, profile, space and seed under results/sensitivity/, so a resumed
-        or repeated study does not pay again), then one plan per latency target, after the baselines."""
+        or repeated study does not pay again), then one plan per latency target, after the baselines. A plan
+        equal to a baseline is that baseline's trial: it is named in the allocation record, not run twice."""
         from search.study.allocate import seeded_trials, span_targets
         from search.study.sensitivity import PlanMeter, measure_sensitivity
 
@@ -182,9 +183,11 @@ class _Run:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         seconds = time.perf_counter() - t0
+        as_baseline = {str(p["target"]): name for params, p in plans.values()
+                       for name, b in baselines.items() if b == params}
         self.study.set_user_attr(S_ALLOCATION, {"sensitivity_s": sens.seconds, "sensitivity_cached": sens.cached,
                                                 "allocation_s": round(seconds, 3), "plans_measured": meter.calls,
-                                                "seeded": len(plans)})
+                                                "seeded": len(plans), "as_baseline": as_baseline})
         self.study.set_user_attr(S_SENSITIVITY, [  # the report's chart and load_study(...).sensitivity
             {"unit": r.unit, "kind": r.kind, "value": r.value, "accuracy_drop": r.accuracy_drop,
              "latency_saved_frac": r.latency_saved_frac} for r in sens.rows])
@@ -192,9 +195,13 @@ class _Run:
             within = sum(p.get("allocated_within", False) for _, p in plans.values())
             print(f"sensitivity: {len(sens.rows)} one-change variants ({sens.seconds:.0f} s, {sens.measurements} "
                   f"measurements); {len(plans)} seeded plans from {meter.calls} measured ({seconds:.0f} s), {within} "
-                  "within their latency target",
+                  "within their latency target"
+                  + (f" ({len(as_baseline)} equal to a baseline: {', '.join(sorted(set(as_baseline.values())))})"
+                     if as_baseline else ""),
                   file=sys.stderr, flush=True)
         for params, predicted in plans.values():
+            if str(predicted["target"]) in as_baseline:
+                continue
             self.study.enqueue_trial(params, user_attrs={T_SEEDED: predicted["target"], T_PREDICTED: predicted},
                                      skip_if_exists=True)
 
