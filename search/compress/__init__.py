@@ -25,6 +25,7 @@ _EXPORTS = {
     "teacher_logits": "distillation",
     "INPUT_NAME": "export",
     "OUTPUT_NAME": "export",
+    "Reexport": "export",
     "check_export": "export",
     "export_onnx": "export",
     "layer_node_map": "onnx_names",

@@ -144,7 +144,7 @@ class Objective:
         return ("refine", d.refine) if refine else ("explore", d.budget)
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
-        from search.compress import compare, distill, export_onnx, prune, quantize, runs_as
+        from search.compress import Reexport, compare, distill, export_onnx, prune, quantize, runs_as
 
         ctx = self.ctx
         budget_name, budget = self._budget(trial)
@@ -161,10 +161,11 @@ class Objective:
         student, macs, params = pr.model, pr.macs_after, pr.params_after
         skipped.update({k: f"prune: {v}" for k, v in pr.skipped.items() if plan.prune.get(k, 0) > 0})
         trial.set_user_attr(T_PRUNED, pr.applied(plan.prune))
+        reexport = Reexport()  # the structure's export, given the trained weights after distillation
 
         def export_and_quantize(tag: str) -> Path:
             with timer("export"):
-                fp32 = export_onnx(student, ctx.examples, work / f"{tag}-fp32.onnx")
+                fp32 = export_onnx(student, ctx.examples, work / f"{tag}-fp32.onnx", reuse=reexport)
             with timer("quantize"):
                 q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
                              per_channel=ctx.space.quantization.per_channel,
