@@ -96,11 +96,14 @@ class Reexport:
 
     def keep(self, program) -> object:
         """Keep `program` (unoptimised) for `write`; returns an optimised copy to save now."""
-        import onnx_ir as ir
         from torch.onnx import ONNXProgram
 
         self.program = program
-        copy_ = ONNXProgram(ir.from_proto(ir.to_proto(program.model)), program.exported_program)
+        model = program.model.clone()
+        # The optimiser names the nodes it makes from the graph's counters, which a clone restarts: carry them,
+        # so the saved file has a fresh export's node names (the teacher's, which pruning records refer to).
+        model.graph._name_authority = copy.deepcopy(program.model.graph._name_authority)
+        copy_ = ONNXProgram(model, program.exported_program)
         copy_.optimize()
         return copy_
 
