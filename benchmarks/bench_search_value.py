@@ -5,8 +5,8 @@ timing round is skipped when the command runs again; the JSON is rewritten after
   search-<variant>-s{s}  the default search (`hwsearch run` with the space, --trials, --refine, --seed s): its refined
                 points from the sampler or the allocation are the search's output ("searched");
   bench-s{s}    the same Objective and refine budget (the space's `refine`) trains, with T=4 and alpha=0.5 (the
-                baselines' recipe): every uniform plan of the space (each ratio, fp32 and int8: the uniform
-                curve); one random per-unit plan per searched point, drawn from a pool of --pool random plans
+                baselines' recipe): every uniform plan of the space and of --uniform-ratios (each ratio, fp32 and
+                int8: the uniform curve); one random per-unit plan per searched point, drawn from a pool of --pool random plans
                 measured untrained and within 5% of that point's latency ("random"); and each searched plan's
                 structure again with the baselines' recipe ("searched-kd": structure without the searched T/alpha).
 Then every trained model and the teacher are re-timed side by side (--rounds interleaved rounds in shuffled
@@ -80,8 +80,12 @@ class BenchStudy:
         self.study = optuna.create_study(study_name=self.name, storage=f"sqlite:///{self.folder / 'study.db'}",
                                          directions=list(DIRECTIONS), load_if_exists=True)
         space, profile = load_space(args.space), load_profile(args.device)
-        # Depth allowed: the probe rows remove blocks; the uniform plans and the refine budget are the space's own.
-        space = space.model_copy(update={"pruning": space.pruning.model_copy(update={"depth": True})})
+        # Depth allowed: the probe rows remove blocks. The uniform curve is denser than the space's staircase
+        # (--uniform-ratios): the simple recipe may prune by any ratio, so the search is compared with its best.
+        self.search_ratios = [float(r) for r in space.pruning.ratios]  # what the random plans draw from
+        ratios = tuple(sorted({*self.search_ratios, *(float(r) for r in args.uniform_ratios)}))
+        space = space.model_copy(update={"pruning": space.pruning.model_copy(update={"depth": True,
+                                                                                     "ratios": ratios})})
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None  # taskset: one core
         self.ctx = build_context(self.study, task, space, profile, self.folder, seed=seed, train_on="cpu",
                                  threads=threads, task_spec=args.task, space_file=str(args.space),
@@ -117,8 +121,7 @@ class BenchStudy:
         rng = random.Random(seed)
         (self.folder / "tmp-pool").mkdir(exist_ok=True)
         ctx, meter = self.ctx, PlanMeter(self.ctx, self.folder / "tmp-pool")
-        ratios = [float(r) for r in ctx.space.pruning.ratios]
-        draws = [random_params(rng, ctx, ratios) for _ in range(n)]
+        draws = [random_params(rng, ctx, self.search_ratios) for _ in range(n)]
         for params in draws[len(pool):]:
             pool.append({"params": params, "latency_ms": meter(params)})
             path.write_text(json.dumps(pool))
@@ -343,6 +346,8 @@ def main() -> int:
                         "and the JSON; the uniform curve and random pool are shared by every variant of a task")
     parser.add_argument("--search-space", type=Path, help="the searches' space (default: --space); the uniform "
                         "curve and the bench rows always train with --space's refine budget")
+    parser.add_argument("--uniform-ratios", type=float, nargs="*", default=[0.1, 0.4, 0.8],
+                        help="uniform pruning ratios trained beside the space's own (the uniform curve)")
     parser.add_argument("--no-depth-probe", dest="depth_probe", action="store_false",
                         help="skip the uniform plans with removed blocks")
     parser.add_argument("--refine-epochs", type=float, help="refine budget (epochs over the whole training set) "
@@ -377,7 +382,8 @@ def run(args) -> int:
     result = header("bench_search_value.py", None)
     result.update(task=args.task, variant=args.variant, space=shown(args.space),
                   search_space=shown(args.search_space or args.space), device=shown(args.device), seeds=args.seeds,
-                  trials=args.trials, refine=args.refine, pool=args.pool, rounds=args.rounds, kd=KD)
+                  trials=args.trials, refine=args.refine, pool=args.pool, rounds=args.rounds, kd=KD,
+                  uniform_ratios=args.uniform_ratios)
 
     def save() -> None:
         state_path.write_text(json.dumps(state))
