@@ -6,9 +6,9 @@ timing round is skipped when the command runs again; the JSON is rewritten after
                 points from the sampler or the allocation are the search's output ("searched");
   bench-s{s}    the same Objective and refine budget (the space's `refine`) trains, with T=4 and alpha=0.5 (the
                 baselines' recipe): every uniform plan of the space and of --uniform-ratios (each ratio, fp32 and
-                int8: the uniform curve); one random per-unit plan per searched point, drawn from a pool of --pool random plans
-                measured untrained and within 5% of that point's latency ("random"); and each searched plan's
-                structure again with the baselines' recipe ("searched-kd": structure without the searched T/alpha).
+                int8: the uniform curve); one random per-unit plan per searched point, drawn from a pool of --pool
+                random plans measured untrained and within 5% of that point's latency ("random"); and each searched
+                plan's structure again with the baselines' recipe ("searched-kd": without the searched T/alpha).
 Then every trained model and the teacher are re-timed side by side (--rounds interleaved rounds in shuffled
 order, each a fresh process timing the model and the fp32 teacher: the median same-round ratio), and only then is
 the test split opened (it is sealed until the report: `search.tasks.sealed`): each point's test change against the

@@ -34,7 +34,8 @@ class RunResult:
 def run(task: str, space: str | Path, device: str | Path, trials: int, study: str, **options) -> RunResult:
     """Run (or resume) a study and write its outputs; `options` are the other fields of
     `search.study.settings.RunSettings` (storage, artifacts, workers, sampler, seed, timeout, results, refine,
-    train_on, data_dir, progress, worker_id, write_outputs, max_failures, seed_plans, uniform_curve), as
+    train_on, data_dir, progress, worker_id, write_outputs, max_failures, seed_plans, uniform_curve,
+    storage_retry_s), as
     `hwsearch run`'s flags.
 
     Raises RunStopped (every finished trial kept) when the results disk fills up or `max_failures` trials in

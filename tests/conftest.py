@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,23 @@ def _pg_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
+@dataclass(frozen=True)
+class PgServer:
+    """A real PostgreSQL server on loopback that a test can stop (as a failover or restart does) and start."""
+
+    url: str
+    pg_ctl: list[str]  # pg_ctl -D <data>, run as the server's user
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self.pg_ctl, "-m", mode, "-w", "stop"], check=True, capture_output=True)
+
+    def start(self) -> None:
+        subprocess.run([*self.pg_ctl, "-w", "start"], check=True, capture_output=True)
+
+
 @pytest.fixture
-def postgres():
-    """A real PostgreSQL server on loopback, in a throw-away data folder (as 'postgres' when we are root)."""
+def pg_server():
+    """A real PostgreSQL server in a throw-away data folder (as 'postgres' when we are root), database hwsearch."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries not installed (make test installs Debian's postgresql)")
@@ -86,13 +101,20 @@ def postgres():
     data = base / "data"
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o",
+              f"-p {port} -k {base} -c listen_addresses=127.0.0.1"]
+    server = PgServer(f"postgresql://postgres@127.0.0.1:{port}/hwsearch", pg_ctl)
+    server.start()
     try:
         subprocess.run([*as_user, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                         "hwsearch"], check=True, capture_output=True)
-        yield f"postgresql://postgres@127.0.0.1:{port}/hwsearch"
+        yield server
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(pg_server):
+    """The URL of a real PostgreSQL database (see pg_server)."""
+    return pg_server.url

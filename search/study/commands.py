@@ -38,6 +38,16 @@ def _positive_float(v: str) -> float:
     return x
 
 
+def _non_negative_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {v!r}") from None
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
+    return x
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run (or resume) a search study")
     p.add_argument("--task", required=True, help="digits, fashion-mnist, path/to/file.py:function or pkg.mod:function")
@@ -47,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study name (results/<study>/)")
     p.add_argument("--storage", help="sqlite:///..., postgresql://... or journal:PATH "
                    "(default results/<study>/study.db)")
+    p.add_argument("--storage-retry-s", type=_non_negative_float, default=120.0, metavar="SEC",
+                   help="ride out a database outage (restart, failover) this long before stopping (0: do not wait)")
     p.add_argument("--artifacts", metavar="DIR", help="shared artifact folder (default results/<study>/artifacts)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")
     p.add_argument("--sampler", choices=("tpe", "nsga2", "random", "gp"), default="tpe")
@@ -84,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      timeout=args.timeout, results=args.results, refine=args.refine, train_on=args.train_on,
                      data_dir=args.data_dir, progress=not args.no_progress, worker_id=args.worker_id,
                      max_failures=args.max_failures, seed_plans=args.seed_plans,
-                     uniform_curve=args.uniform_curve)
+                     uniform_curve=args.uniform_curve, storage_retry_s=args.storage_retry_s)
     except KeyboardInterrupt:
         print(f"stopped: study '{args.study}' keeps every finished trial; rerun the same command to resume",
               file=sys.stderr)

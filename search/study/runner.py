@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 
 from search.config import load_profile, load_space
 from search.errors import RunStopped, UserError, disk_full
@@ -114,7 +115,7 @@ class _Run:
         if s.storage or Path(s.storage_url.removeprefix("sqlite:///")).is_file():  # an existing study
             from search.study.setup import check_same_setup
 
-            self.storage = open_storage(s.storage_url)
+            self.storage = open_storage(s.storage_url, s.storage_retry_s)
             try:
                 found = optuna.load_study(study_name=s.study, storage=self.storage)
             except KeyError:  # no such study yet
@@ -141,7 +142,7 @@ class _Run:
                 raise UserError(f"{flag}: cannot create the folder {folder} ({e.strerror})") from None
         # Optuna's own failure warnings carry tracebacks; the progress line reports each failure in one line.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        self.storage = self.storage or open_storage(s.storage_url)
+        self.storage = self.storage or open_storage(s.storage_url, s.storage_retry_s)
         st = self.study = optuna.create_study(
             study_name=s.study, storage=self.storage, directions=list(DIRECTIONS), load_if_exists=True,
             sampler=make_sampler(s.sampler, s.sampler_seed, s.trials))
@@ -223,9 +224,12 @@ class _Run:
         except (KeyboardInterrupt, RunStopped) as e:
             stop = e
         except Exception as e:  # a storage write refused on a full disk escapes optimize itself
-            if (full := disk_full(e)) is None:
+            if (full := disk_full(e)) is not None:
+                stop = disk_full_stop(full)
+            elif (gone := getattr(self.storage, "gave_up", None)) is not None:
+                stop = gone  # past --storage-retry-s (Optuna's tell may mask it with an error of its own)
+            else:
                 raise
-            stop = disk_full_stop(full)
         if stop is not None:
             _stop_children(self.children)
             raise stop
@@ -241,7 +245,7 @@ class _Run:
 
     def _explore(self) -> None:
         st = self.study
-        heartbeats = isinstance(self.storage, optuna.storages.RDBStorage)  # open_storage gives every RDB them
+        heartbeats = is_heartbeat_enabled(self.storage)  # open_storage gives every RDB them
         while self._in_time():
             if counted_trials(st) < self.s.trials or _any_explore(st, optuna.trial.TrialState.WAITING):
                 self._one_trial()

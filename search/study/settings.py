@@ -16,7 +16,7 @@ SEED_PLANS_FROM = 20  # explore trials from which a study seeds allocated plans 
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Settings a spawned worker inherits as flags (progress, worker_id, workers and write_outputs are its own).
 _WORKER_FLAGS = ("task", "space", "device", "trials", "study", "storage", "artifacts", "sampler", "seed", "timeout",
-                 "results", "train_on", "data_dir", "max_failures")
+                 "results", "train_on", "data_dir", "max_failures", "storage_retry_s")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class RunSettings:
     worker_id: int = 0  # 0: the process that seeds baselines, refines and writes the outputs
     write_outputs: bool = True  # test scores of the front, front.csv and report.html at the end
     max_failures: int = 10  # stop after this many failed trials in a row (0: never)
+    storage_retry_s: float = 120.0  # ride out a database outage this long (search.study.retry)
     # Sensitivity first (cached under results/sensitivity/), then allocated plans. None: when the study has at
     # least SEED_PLANS_FROM trials; below that the stage (about a minute on Fashion-MNIST) costs more than it buys.
     seed_plans: bool | None = None
@@ -56,6 +57,8 @@ class RunSettings:
             raise UserError(f"--workers must be a positive number, got {self.workers}")
         if self.refine < 0:
             raise UserError(f"--refine must be 0 or more, got {self.refine}")
+        if not self.storage_retry_s >= 0:
+            raise UserError(f"--storage-retry-s must be 0 or more seconds, got {self.storage_retry_s}")
         if self.max_failures < 0:
             raise UserError(f"--max-failures must be 0 or more, got {self.max_failures}")
         if not _STUDY_NAME.fullmatch(self.study):

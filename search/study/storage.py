@@ -12,6 +12,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from search.errors import UserError, redact_url
+from search.study.retry import STORAGE_RETRY_S, RetryingStorage
 
 HEARTBEAT_S = 10  # a worker proves it is alive this often...
 # ...and is declared dead (trial FAIL, then retried) after this long without a beat.
@@ -25,8 +26,9 @@ def default_url(study_dir: Path) -> str:
     return f"sqlite:///{(study_dir / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`; RDB storages get heartbeats so a dead worker's trial is retried."""
+def open_storage(url: str, retry_s: float = STORAGE_RETRY_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`. RDB storages get heartbeats, so a dead worker's trial is retried, and ride out
+    an outage of up to `retry_s` seconds (search.study.retry); opening one that cannot be reached fails at once."""
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -48,11 +50,13 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                rdb = optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=min(HEARTBEAT_S, max(1, GRACE_S // 3)),
                     grace_period=GRACE_S,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
+                # Optuna's own cache in front of the database, as `optuna.create_study(storage=url)` builds it.
+                return RetryingStorage(optuna.storages._CachedStorage(rdb), url, retry_s)
         except Exception as e:  # unreachable server, bad credentials, missing driver
             reason = str(e).splitlines()[0]
             # Two processes opening a NEW database at once (workers starting together, or a reader) both create
