@@ -1,5 +1,5 @@
-"""Foundation subcommands: `validate`, `tasks`, `dashboard` (defined with the inspection stage) and
-`sensitivity` (defined with the study)."""
+"""Foundation subcommands: `validate`, `tasks`, `spaces`, `profiles`, `dashboard` (defined with the inspection
+stage) and `sensitivity` (defined with the study)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(search/tasks/shipped/, what a fresh clone verifies and uses)")
     p.add_argument("--data-dir", metavar="DIR", help="folder of Fashion-MNIST IDX files (or $HWSEARCH_DATA)")
     p.set_defaults(func=cmd_tasks)
+
+    for kind, name, flag in (("space", "spaces", "--space"), ("profile", "profiles", "--device")):
+        p = sub.add_parser(name, help=f"list the shipped {name} (each usable by name: {flag} NAME)")
+        p.set_defaults(func=cmd_shipped, kind=kind)
 
     from search.inspect.dashboard import register as register_dashboard  # parser only: no optuna import
 
@@ -78,6 +82,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"hwsearch validate: error: {e}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def cmd_shipped(args: argparse.Namespace) -> int:
+    from search.config import load_profile, load_space
+    from search.config.shipped import shipped_dir, shipped_names
+
+    load = load_space if args.kind == "space" else load_profile
+    print(f"shipped {args.kind}s ({shipped_dir(args.kind)}):")
+    for name in shipped_names(args.kind):
+        print(f"  {name:<22} {load(name).description}")
+    return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

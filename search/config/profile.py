@@ -119,4 +119,7 @@ class DeviceProfile(_Strict):
 
 
 def load_profile(path: str | Path) -> DeviceProfile:
-    return load_model(DeviceProfile, path)
+    """A profile file by path, or a shipped one by name (`local-1core`)."""
+    from search.config.shipped import resolve
+
+    return load_model(DeviceProfile, resolve(path, "profile"))

@@ -132,4 +132,7 @@ class SearchSpace(_Strict):
 
 
 def load_space(path: str | Path) -> SearchSpace:
-    return load_model(SearchSpace, path)
+    """A space file by path, or a shipped one by name (`default`)."""
+    from search.config.shipped import resolve
+
+    return load_model(SearchSpace, resolve(path, "space"))
