@@ -101,7 +101,8 @@ def _ids():
 
 
 def ids_declared_as_floats():
-    return Task(name="ids", teacher=Bag(), train=_ids(), val=_ids(), input_shape=(6,), num_classes=2)
+    return Task(name="ids", teacher=Bag(), train=_ids(), val=_ids(), input_shape=(6,), num_classes=2,
+                input_spec=InputSpec(dtype="float32"))
 
 
 def not_exportable():

@@ -220,3 +220,25 @@ def test_tasks_command_lists_builtins(digits_task: Task):
         assert name in r.stdout
     acc = digits_task.teacher_info["val_accuracy"] * 100
     assert f"top-1 {acc:.2f}%" in r.stdout
+
+
+def test_the_input_spec_left_out_is_read_from_the_data():
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from search.tasks.base import IMAGE_INPUT, InputSpec
+
+    ids = TensorDataset(torch.randint(3, 50, (64, 6)), torch.randint(0, 2, (64,)))
+    bag = nn.Sequential(nn.Embedding(50, 4), nn.Flatten(), nn.Linear(24, 2))
+    task = Task(name="ids", teacher=bag, train=ids, val=ids, input_shape=(6,), num_classes=2)
+    spec = task.input_spec
+    assert spec.dtype == "int64" and spec.normalisation.startswith("none: integer")
+    lo, hi = spec.value_range
+    assert (lo, hi) == (float(ids.tensors[0].min()), float(ids.tensors[0].max())) and 3 <= lo <= hi <= 49
+    # What is given is kept; the rest is still read.
+    given = Task(name="ids", teacher=bag, train=ids, val=ids, input_shape=(6,), num_classes=2,
+                 input_spec=InputSpec(name="tokens", value_range=(0, 49)))
+    assert (given.input_spec.name, given.input_spec.dtype, given.input_spec.value_range) == ("tokens", "int64", (0, 49))
+    pixels = TensorDataset(torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,)))
+    img = Task(name="img", teacher=nn.Flatten(), train=pixels, val=pixels, input_shape=(1, 4, 4), num_classes=2)
+    assert img.input_spec == IMAGE_INPUT

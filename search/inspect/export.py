@@ -89,19 +89,20 @@ def _io_spec(model_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
     """Input value range, normalisation and class names: from the loaded task when verify loaded it, else from
     the built-in registry or what the study recorded (cheap: a user task is not loaded just for this)."""
-    from search.tasks.base import InputSpec
+    from search.tasks.base import IMAGE_INPUT
     from search.tasks.builtin import BUILTIN_TASKS
 
     if task is not None:
         spec, classes = task.input_spec, list(task.class_names)
     elif view.task_spec in BUILTIN_TASKS:
-        spec, classes = InputSpec(), list(BUILTIN_TASKS[view.task_spec].class_names)  # built-ins use the default
+        spec, classes = IMAGE_INPUT, list(BUILTIN_TASKS[view.task_spec].class_names)
     elif isinstance(recorded := view.attrs.get(S_INPUT), dict) and "value_range" in recorded:  # as the study saw it
         return {"value_range": list(recorded["value_range"]), "normalisation": recorded.get("normalisation"),
                 "class_names": recorded.get("class_names") or None}
     else:
         return {"value_range": None, "normalisation": f"see task {view.task_spec}", "class_names": None}
-    return {"value_range": list(spec.value_range), "normalisation": spec.normalisation,
+    return {"value_range": None if spec.value_range is None else list(spec.value_range),
+            "normalisation": spec.normalisation,
             "class_names": classes or None}
 
 

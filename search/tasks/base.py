@@ -14,12 +14,45 @@ if TYPE_CHECKING:  # torch stays a lazy import so `hwsearch --help` is fast
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a deployer feeds the exported model (normalisation is baked into the graph)."""
+    """What a deployer feeds the exported model (normalisation is baked into the graph). A field left at None
+    is read from the training data when the Task is made (`resolved`): the first sample's dtype; [0, 1] for
+    float inputs, the [min, max] seen in the first samples for integer ones (token ids)."""
 
     name: str = "input"
-    dtype: str = "float32"
-    value_range: tuple[float, float] = (0.0, 1.0)
-    normalisation: str = "none: raw pixels scaled to [0, 1]; mean/std are inside the graph"
+    dtype: str | None = None
+    value_range: tuple[float, float] | None = None
+    normalisation: str | None = None
+
+    def resolved(self, train) -> InputSpec:
+        """This spec with its None fields read from `train` (left None when the data cannot be read)."""
+        if None not in (self.dtype, self.value_range, self.normalisation):
+            return self
+        try:
+            first = train[0][0]
+            dtype = self.dtype or str(getattr(first, "dtype", "float32")).removeprefix("torch.")
+        except Exception:  # not a dataset of (input, label): the loader names the problem
+            return self
+        integer = dtype.startswith(("int", "uint")) or dtype == "bool"
+        value_range, normalisation = self.value_range, self.normalisation
+        if value_range is None:
+            value_range = _observed_range(train) if integer else (0.0, 1.0)
+        if normalisation is None:
+            normalisation = "none: integer values (token ids) as the model takes them" if integer else RAW_PIXELS
+        return InputSpec(self.name, dtype, value_range, normalisation)
+
+
+RAW_PIXELS = "none: raw pixels scaled to [0, 1]; mean/std are inside the graph"
+IMAGE_INPUT = InputSpec(dtype="float32", value_range=(0.0, 1.0), normalisation=RAW_PIXELS)  # the built-ins' input
+
+
+def _observed_range(train, n: int = 1024) -> tuple[float, float] | None:
+    import numpy as np
+
+    try:
+        values = [np.asarray(train[i][0]) for i in range(min(n, len(train)))]
+        return float(min(v.min() for v in values)), float(max(v.max() for v in values))
+    except Exception:
+        return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +82,7 @@ class Task:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "input_spec", self.input_spec.resolved(self.train))  # frozen: set once, here
         if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
             raise ValueError(f"Task {self.name!r}: input_shape must be positive ints, got {self.input_shape}")
         if self.num_classes < 2:

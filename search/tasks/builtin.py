@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.tasks.base import InputSpec, Task
+from search.tasks.base import IMAGE_INPUT, Task
 from search.tasks.models import DIGITS_SPEC, FASHION_RESNET_SPEC, FASHION_SPEC
 from search.tasks.teacher import TeacherSpec, TrainRecipe
 
@@ -86,7 +86,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
         input_shape=b.input_shape,
         num_classes=b.spec.num_classes,
         class_names=b.class_names,
-        input_spec=InputSpec(),
+        input_spec=IMAGE_INPUT,
         description=b.description,
         teacher_info=meta,
         augment=functools.partial(augment_batch, recipe=b.recipe) if b.recipe.flip or b.recipe.shift else None,

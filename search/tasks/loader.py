@@ -101,6 +101,6 @@ def _check_task(spec: str, task: Task) -> None:
         if shape and shape != tuple(task.input_shape):
             raise bad(f"{field}[0]", f"input has shape {shape}, but input_shape is {tuple(task.input_shape)}")
         dtype = str(getattr(sample[0], "dtype", "")).removeprefix("torch.")
-        if dtype and dtype != task.input_spec.dtype:
+        if dtype and task.input_spec.dtype is not None and dtype != task.input_spec.dtype:
             raise bad("input_spec.dtype", f"is {task.input_spec.dtype!r} but {field}[0]'s input is {dtype} (set "
                                           f"InputSpec(dtype={dtype!r}, value_range=...) to what the model takes)")
