@@ -242,3 +242,70 @@ def test_the_input_spec_left_out_is_read_from_the_data():
     pixels = TensorDataset(torch.rand(8, 1, 4, 4), torch.randint(0, 2, (8,)))
     img = Task(name="img", teacher=nn.Flatten(), train=pixels, val=pixels, input_shape=(1, 4, 4), num_classes=2)
     assert img.input_spec == IMAGE_INPUT
+
+
+OUTPUT_TASKS = '''
+from dataclasses import dataclass
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from search import Task
+
+
+@dataclass
+class Out:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class Net(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.fc1, self.fc2 = kind, nn.Linear(16, 64), nn.Linear(64, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        z = self.fc2(h)
+        return {"dict": {"logits": z, "hidden": h}, "dataclass": Out(z, h), "tuple": (z, h)}[self.kind]
+
+
+def make(kind):
+    d = TensorDataset(torch.rand(64, 16), torch.randint(0, 3, (64,)))
+    return Task(name=kind, teacher=Net(kind), train=d, val=d, input_shape=(16,), num_classes=3)
+
+
+def as_dict():
+    return make("dict")
+
+
+def as_dataclass():
+    return make("dataclass")
+
+
+def as_tuple():
+    return make("tuple")
+'''
+
+
+@pytest.mark.parametrize("kind", ["as_dict", "as_dataclass"])
+def test_a_teacher_returning_a_dict_or_dataclass_with_logits_is_searched_as_it_is(tmp_path: Path, kind: str):
+    import copy
+
+    from search.compress import export_onnx, prune
+
+    (tmp_path / "outs.py").write_text(OUTPUT_TASKS)
+    task = load_task(f"{tmp_path / 'outs.py'}:{kind}")
+    x = torch.rand(2, 16)
+    expected = task.teacher.fc2(torch.relu(task.teacher.fc1(x)))
+    assert torch.equal(task.teacher(x), expected)  # the logits tensor, through the hook
+    assert torch.equal(copy.deepcopy(task.teacher)(x), expected)  # students are deep copies
+    student = prune(task.teacher, x[:1], {"fc1": 0.5}).model
+    assert student.fc1.out_features == 32 and student(x).shape == (2, 3)
+    export_onnx(student, x, tmp_path / "s.onnx")  # verified against PyTorch's outputs
+
+
+def test_a_teacher_returning_something_else_is_a_one_line_error(tmp_path: Path):
+    (tmp_path / "outs.py").write_text(OUTPUT_TASKS)
+    with pytest.raises(UserError, match=r"the teacher returns tuple; expected a logits tensor, or a dict or "
+                                         r"dataclass holding one under 'logits'"):
+        load_task(f"{tmp_path / 'outs.py'}:as_tuple")

@@ -70,7 +70,26 @@ def load_task(spec: str, *, data_dir: str | Path | None = None, results_dir: str
     if not isinstance(task, Task):
         raise UserError(f"--task {spec!r}: the function returned {type(task).__name__}, expected search.Task")
     _check_task(spec, task)
+    _unwrap_outputs(spec, task)
     return task
+
+
+def _unwrap_outputs(spec: str, task: Task) -> None:
+    """A teacher returning a dict or dataclass holding `logits` is hooked to return that tensor; anything else
+    that is not a tensor is a one-line error."""
+    import torch
+
+    from search.tasks.outputs import unwrap_logits
+
+    first = task.train[0][0]
+    sample = torch.as_tensor(first).unsqueeze(0)
+    try:
+        other = unwrap_logits(task.teacher, sample)
+    except Exception as e:
+        raise UserError(f"--task {spec!r}: the teacher fails on train[0]'s input: {type(e).__name__}: {e}") from None
+    if other is not None:
+        raise UserError(f"--task {spec!r}: the teacher returns {other}; expected a logits tensor, or a dict or "
+                        "dataclass holding one under 'logits'")
 
 
 def _check_task(spec: str, task: Task) -> None:
