@@ -188,3 +188,32 @@ def test_layer_blocks_find_the_repeated_units_under_a_preprocessing_wrapper():
     # the same model unwrapped gives the same units, without the prefix
     bare = FASHION_RESNET_SPEC.build()
     assert [f"1.{k}" for k in layer_blocks(bare, [n[2:] for n in layers])] == list(blocks)
+
+
+class HandAttention(nn.Module):
+    """Hand-written attention whose head count is `self.h` (not `num_heads`): pruning the q/k/v projection breaks
+    its reshape, while its MLP units prune fine."""
+
+    def __init__(self, d: int = 32, h: int = 4) -> None:
+        super().__init__()
+        self.h = h
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc1, self.fc2, self.head = nn.Linear(d, 64), nn.Linear(64, d), nn.Linear(d, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) / (d // self.h) ** 0.5, -1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+def test_a_group_torch_pruning_cannot_prune_is_skipped_and_the_others_are_pruned():
+    torch.manual_seed(0)
+    model, x = HandAttention().eval(), torch.rand(1, 6, 32)
+    res = prune(model, x, {"qkv": 0.5, "fc1": 0.5})
+    assert res.channels["fc1"] == 32 and res.model.fc1.out_features == 32  # the MLP units stay searched
+    assert res.skipped["qkv"].startswith("torch-pruning failed: RuntimeError")
+    assert "fc1" not in res.skipped and res.params_after < res.params_before
+    assert res.model(x).shape == (1, 2)

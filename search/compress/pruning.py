@@ -21,6 +21,7 @@ prune (the classifier, a per-head attn_mask, one head, an `nn.MultiheadAttention
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import warnings
@@ -200,30 +201,18 @@ def prune(
 
     if ratio_dict:
         # Everything _classify rejected keeps its output channels (its inputs may still shrink).
-        ignored = [g.modules[n] for n in g.weight_layers if n not in ok]
-        try:
-            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.enable_grad():
-                warnings.simplefilter("ignore")
-                pruner = tp.pruner.MetaPruner(
-                    student, example_input, importance=scorer, pruning_ratio=0.0,
-                    pruning_ratio_dict=ratio_dict, ignored_layers=ignored, round_to=None,
-                    num_heads=dict(num_heads), prune_num_heads=bool(head_ratio), prune_head_dims=False,
-                    head_pruning_ratio_dict=head_ratio or None,
-                )
-                if importance == "taylor":
-                    _taylor_gradients(student, example_input, calibration)
-                pruner.step()
-                student.zero_grad(set_to_none=True)
-                for a, (_, qkv) in attention.items():  # the module's own head count drives its reshape
-                    g.modules[a].num_heads = pruner.num_heads[g.modules[qkv[0]]]
-                with torch.no_grad():
-                    student(example_input)  # a pruned model that no longer runs is no result
-        except Exception as exc:
-            # A failure inside torch-pruning leaves the copy half-pruned: return an untouched copy.
-            student = _student(model)
-            for n in (g.names[m] for m in ratio_dict):
-                skipped[n] = f"torch-pruning failed: {type(exc).__name__}: {exc}"[:300]
-            ratio_dict, planned = {}, {}
+        job = _PrunerJob(student, example_input, scorer, importance, calibration,
+                         ratios={g.names[m]: r for m, r in ratio_dict.items()},
+                         head_ratios={g.names[m]: r for m, r in head_ratio.items()},
+                         num_heads={g.names[m]: h for m, h in num_heads.items()},
+                         ignored=[n for n in g.weight_layers if n not in ok],
+                         attention={a: qkv for a, (_, qkv) in attention.items()})
+        groups = {n: [n, *(q for q in attention.get(head_of.get(n, ""), (0, ()))[1] if q != n)]
+                  for n in job.ratios}  # a decider and the q/k/v it drives
+        pruned, failed = job.run_groups(groups)
+        skipped.update(failed)
+        planned = {m: c for m, c in planned.items() if g.names[m] not in failed}
+        student = pruned if pruned is not None else student  # nothing pruned: the copy with its blocks removed
     macs_after, params_after = _count(student, example_input)
     mods = dict(student.named_modules())
     channels = {n: _width(mods[n]) for n in g.weight_layers}
@@ -237,6 +226,77 @@ def prune(
     heads = {a: int(mods[a].num_heads) for a in attention}
     return PruneResult(student, macs_before, macs_after, params_before, params_after, channels,
                        {**skipped, **skipped_blocks}, coupled, heads, channels_before=before, removed=removed)
+
+
+@dataclass(frozen=True)
+class _PrunerJob:
+    """One torch-pruning pass over a fresh copy of `base` (the student with its removed blocks, not yet pruned),
+    described by layer names: a failed pass leaves its copy half-pruned, so every attempt starts from `base`."""
+
+    base: nn.Module
+    example_input: torch.Tensor
+    scorer: object
+    importance: str
+    calibration: tuple[torch.Tensor, torch.Tensor] | None
+    ratios: dict[str, float]  # decider -> ratio for MetaPruner
+    head_ratios: dict[str, float]  # q/k/v -> head ratio
+    num_heads: dict[str, int]  # q/k/v -> heads
+    ignored: list[str]
+    attention: dict[str, tuple[str, ...]]  # attention module -> its q/k/v
+
+    def run(self, names: set[str]) -> nn.Module:
+        """A copy of the model with the groups of `names` (deciders and their q/k/v) pruned; raises on failure."""
+        student = copy.deepcopy(self.base)
+        mods = dict(student.named_modules())
+        heads = {n: r for n, r in self.head_ratios.items() if n in names}
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(
+                student, self.example_input, importance=self.scorer, pruning_ratio=0.0,
+                pruning_ratio_dict={mods[n]: r for n, r in self.ratios.items() if n in names},
+                ignored_layers=[mods[n] for n in self.ignored], round_to=None,
+                num_heads={mods[n]: h for n, h in self.num_heads.items()}, prune_num_heads=bool(heads),
+                prune_head_dims=False, head_pruning_ratio_dict={mods[n]: r for n, r in heads.items()} or None,
+            )
+            if self.importance == "taylor":
+                _taylor_gradients(student, self.example_input, self.calibration)
+            pruner.step()
+            student.zero_grad(set_to_none=True)
+            for a, qkv in self.attention.items():  # the module's own head count drives its reshape
+                mods[a].num_heads = pruner.num_heads[mods[qkv[0]]]
+            with torch.no_grad():
+                student(self.example_input)  # a pruned model that no longer runs is no result
+        return student
+
+    def run_groups(self, groups: dict[str, list[str]]) -> tuple[nn.Module | None, dict[str, str]]:
+        """All groups at once; if torch-pruning fails, each group alone, and then the ones that pruned alone
+        together (adding them one by one if even that fails). (pruned copy or None, {decider: why skipped})."""
+        try:
+            return self.run({n for ns in groups.values() for n in ns}), {}
+        except Exception as exc:
+            if len(groups) == 1:
+                return None, {n: _failed(exc) for n in groups}
+        failed: dict[str, str] = {}
+        alone = []
+        for decider, names in groups.items():
+            try:
+                self.run(set(names))
+                alone.append(decider)
+            except Exception as exc:
+                failed[decider] = _failed(exc)
+        kept: list[str] = []
+        best = None
+        for decider in alone:  # greedy: a group that breaks the ones kept so far is skipped too
+            try:
+                best = self.run({n for d in [*kept, decider] for n in groups[d]})
+                kept.append(decider)
+            except Exception as exc:
+                failed[decider] = _failed(exc) + " (with the other groups)"
+        return best, failed
+
+
+def _failed(exc: BaseException) -> str:
+    return f"torch-pruning failed: {type(exc).__name__}: {exc}"[:300]
 
 
 def _remove_blocks(student: nn.Module, example_input: torch.Tensor,
