@@ -1,4 +1,4 @@
-"""Foundation subcommands: `validate`, `tasks`, `spaces`, `profiles`, `dashboard` (defined with the inspection
+"""Foundation subcommands: `validate`, `init`, `tasks`, `spaces`, `profiles`, `dashboard` (defined with the inspection
 stage) and `sensitivity` (defined with the study)."""
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--device", metavar="PROFILE", help="also check that spaces only ask for bits this profile runs")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("init", help="write a commented task file that runs as written (then make it yours)")
+    p.add_argument("path", metavar="FILE.py", help="the task file to write (not overwritten)")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and their teachers")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder holding teachers/")
@@ -82,6 +86,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             print(f"hwsearch validate: error: {e}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+
+    path = Path(args.path)
+    if path.suffix != ".py":
+        raise UserError(f"{path}: the task file must end in .py (it is imported as Python)")
+    if path.exists():
+        raise UserError(f"{path}: already exists; not overwritten")
+    text = files("search.tasks").joinpath("template.py.txt").read_text().replace("{filename}", str(path))
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+    print(f"wrote {path}: run it with\n  hwsearch run --task {path}:make_task --space default --device local-1core "
+          "--trials 24 --study mine")
+    return 0
 
 
 def cmd_shipped(args: argparse.Namespace) -> int:

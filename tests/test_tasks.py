@@ -309,3 +309,18 @@ def test_a_teacher_returning_something_else_is_a_one_line_error(tmp_path: Path):
     with pytest.raises(UserError, match=r"the teacher returns tuple; expected a logits tensor, or a dict or "
                                          r"dataclass holding one under 'logits'"):
         load_task(f"{tmp_path / 'outs.py'}:as_tuple")
+
+
+@pytest.mark.slow
+def test_hwsearch_init_writes_a_task_that_runs_as_written(tmp_path: Path):
+    r = run_cli("init", str(tmp_path / "mine.py"))
+    assert r.returncode == 0 and "--task" in r.stdout, r.stderr
+    text = (tmp_path / "mine.py").read_text()
+    assert "def make_task() -> Task:" in text and "{filename}" not in text
+    again = run_cli("init", str(tmp_path / "mine.py"))
+    assert again.returncode == 2 and "already exists; not overwritten" in again.stderr
+    study = run_cli("run", "--task", f"{tmp_path / 'mine.py'}:make_task", "--space", "default", "--device",
+                    "local-1core", "--trials", "2", "--study", "mine", "--results", str(tmp_path / "results"),
+                    "--no-progress")
+    assert study.returncode == 0, study.stderr[-2000:]
+    assert "study 'mine':" in study.stdout and " complete, 0 failed" in study.stdout

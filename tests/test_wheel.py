@@ -37,6 +37,9 @@ def test_the_wheel_runs_a_study_from_an_empty_folder_with_spaces_and_profiles_by
     listed = subprocess.run([str(venv / "bin" / "hwsearch"), "profiles"], cwd=empty, capture_output=True, text=True,
                             timeout=300)
     assert listed.returncode == 0 and "local-1core" in listed.stdout and str(venv) in listed.stdout, listed.stderr
+    init = subprocess.run([str(venv / "bin" / "hwsearch"), "init", "mine.py"], cwd=empty, capture_output=True,
+                          text=True, timeout=300)
+    assert init.returncode == 0 and "def make_task" in (empty / "mine.py").read_text(), init.stderr
     r = subprocess.run([str(venv / "bin" / "hwsearch"), "run", "--task", "digits", "--space", "default", "--device",
                         "local-1core", "--trials", "2", "--study", "wheel", "--no-progress"],
                        cwd=empty, capture_output=True, text=True, timeout=900)
