@@ -1,7 +1,7 @@
 """Remote measurement agent: a small HTTP server run ON the device (`hwsearch agent` or `python agent.py`).
 
-Needs only the standard library, numpy and onnxruntime, plus runner.py in the same folder. API (every call
-needs `Authorization: Bearer TOKEN`):
+Needs only the standard library, numpy and onnxruntime, plus runner.py and agent_checks.py in the same folder.
+API (every call needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
   POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, max_rounds, agree,
@@ -21,10 +21,7 @@ connection that has spent a second without completing its headers, so sockets th
 cannot hold the agent: a valid request waits about a second per --max-connections stalled sockets queued ahead
 of it, and a stalled connection never lives past the header deadline anyway. Install and use: docs/agent.md.
 
-The model check below is a small hand-written protobuf reader rather than `onnx.load` + `onnx.checker`: the agent
-must run on a device that has only onnxruntime and numpy (the `onnx` package pulls in protobuf and is often not
-built for small boards), and it must refuse external-data paths and foreign op domains before ONNX Runtime (or
-anything else) opens the bytes. That reader is most of this module's length.
+What a client sends (the model bytes, the query) is checked in agent_checks.py before anything opens it.
 """
 
 from __future__ import annotations
@@ -37,8 +34,6 @@ import io
 import json
 import math
 import mmap
-import os
-import re
 import shutil
 import signal
 import socket
@@ -50,19 +45,26 @@ import uuid
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 if __package__:  # imported as search.measure.agent
     from search.errors import UserError
     from search.measure import runner
-else:  # standalone on the device: runner.py sits next to this file, the package is absent
+    from search.measure.agent_checks import ALLOWED_DOMAINS, MAX_REQUEST_S, InvalidModel, check_model, parse_params
+else:  # standalone on the device: runner.py and agent_checks.py sit next to this file, the package is absent
     import runner  # type: ignore[no-redef]
+    from agent_checks import (  # type: ignore[no-redef]
+        ALLOWED_DOMAINS,
+        MAX_REQUEST_S,
+        InvalidModel,
+        check_model,
+        parse_params,
+    )
 
     class UserError(Exception):  # type: ignore[no-redef]
         """Bad input: printed as one line, exit status 2."""
 
 AGENT_VERSION = "1.0"
-ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 MAX_REFERENCES = 4
 # An upload may stall for at most read_timeout_s at a time, and must arrive as a whole within read_timeout_s plus
 # one second per MIN_UPLOAD_RATE bytes: a client trickling a byte now and then cannot hold a queue slot forever.
@@ -72,163 +74,7 @@ LINGER_S, LINGER_BYTES = 1.0, 4 * 2**20  # what a closing connection may still d
 # header deadline, if shorter) is cut to make room: a real client sends its headers in one packet, at once.
 EVICT_AFTER_S = 1.0
 DEFAULTS = {"max_upload_mb": 64.0, "queue_size": 2, "read_timeout_s": 30.0, "header_timeout_s": 5.0,
-            "max_connections": 64, "max_request_s": 600.0}
-
-
-# ------------------------------------------------------------------- model check (no onnx package needed)
-class InvalidModel(ValueError):
-    """The uploaded bytes are not a self-contained ONNX model with allowed op domains (HTTP 400)."""
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise InvalidModel("not an ONNX model (truncated or malformed protobuf)")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: memoryview):
-    """Yield (field number, wire type, value) of one protobuf message; value is int, bytes view or None."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        num, wire = key >> 3, key & 7
-        value: int | memoryview | None = None
-        if num == 0:
-            raise InvalidModel("not an ONNX model (malformed protobuf)")
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise InvalidModel(f"not an ONNX model (protobuf wire type {wire})")
-        if i > len(buf):
-            raise InvalidModel("not an ONNX model (truncated protobuf)")
-        yield num, wire, value
-
-
-# Per message type, the fields (numbers from onnx.proto) that can hold an op domain, a tensor or a subgraph.
-_SCHEMA: dict[str, dict[int, str]] = {
-    "model": {7: "graph", 8: "opset", 20: "training", 25: "function"},
-    "training": {1: "graph", 2: "graph"},  # TrainingInfoProto: initialization, algorithm
-    "graph": {1: "node", 5: "tensor", 15: "sparse"},
-    "sparse": {1: "tensor", 2: "tensor"},
-    "node": {5: "attribute", 7: "domain"},
-    # AttributeProto: t, g, tensors, graphs, sparse_tensor, sparse_tensors
-    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
-    "function": {7: "node", 9: "opset", 11: "attribute"},
-    "opset": {1: "domain"},
-}
-
-
-def _walk(buf: memoryview, kind: str, depth: int) -> None:
-    if depth > 32:
-        raise InvalidModel("not an ONNX model (nesting too deep)")
-    if kind == "tensor":
-        fields = {num: value for num, _, value in _fields(buf)}
-        if fields.get(14) == 1 or 13 in fields:  # data_location EXTERNAL, or external_data entries
-            name = bytes(fields.get(8) or b"").decode("utf-8", "replace")  # type: ignore[arg-type]
-            raise InvalidModel(f"tensor {name!r} refers to external data; send a self-contained model")
-        return
-    for num, wire, value in _fields(buf):
-        child = _SCHEMA[kind].get(num)
-        if child is None:
-            continue
-        if wire != 2:
-            raise InvalidModel(f"not an ONNX model (field {num} of a {kind} has the wrong type)")
-        if child == "domain":
-            domain = bytes(value).decode("utf-8", "replace")  # type: ignore[arg-type]
-            if domain not in ALLOWED_DOMAINS:
-                raise InvalidModel(f"op domain {domain!r} ({kind}) is not '', 'ai.onnx' or 'com.microsoft'")
-        else:
-            _walk(value, child, depth + 1)  # type: ignore[arg-type]
-
-
-def check_model(data: bytes | memoryview) -> None:
-    """Raise InvalidModel unless `data` parses as a ModelProto with a graph, no external data and only
-    allowed op domains. ONNX Runtime itself validates the rest when the runner loads the model."""
-    buf = memoryview(data)
-    if not {1, 7} <= {num for num, _, _ in _fields(buf)}:  # ir_version, graph
-        raise InvalidModel("not an ONNX model (no ir_version or graph)")
-    _walk(buf, "model", 0)
-
-
-# ----------------------------------------------------------------------------------------- request params
-def _host_cap_mb() -> float:
-    try:
-        return 0.75 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return 4096.0
-
-
-def parse_params(query: str, max_request_s: float = DEFAULTS["max_request_s"]) -> dict:
-    """Validate and bound the measurement parameters of a query string (ValueError with a clear reason).
-
-    A request's work is bounded by (max_rounds + 1) x timeout_s: each round (at least `rounds`, more while they
-    disagree: runner.rounds_agree) runs in a process stopped at timeout_s, and so does the ONNX Runtime
-    overhead probe before the first round. That bound may not exceed the agent's own `max_request_s`, so one
-    client cannot hold the device (and everyone queued behind it) for hours."""
-    bounds = {"warmup": (int, 0, 100_000, 50), "repeats": (int, 1, 1_000_000, 200), "rounds": (int, 1, 20, 1),
-              "max_rounds": (int, 1, 20, None), "agree": (float, 0.0, 1.0, 0.03),
-              "batch": (int, 1, 4096, 1), "threads": (int, 1, os.cpu_count() or 1, 1),
-              "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
-              "timeout_s": (float, 1.0, 3600.0, 120.0)}
-    raw = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference", "sample"}
-    if unknown:
-        raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-    if any(len(v) > 1 for v in raw.values()):
-        raise ValueError("a parameter is given twice")
-    out: dict = {}
-    for name, (kind, lo, hi, default) in bounds.items():
-        if name not in raw:
-            out[name] = default
-            continue
-        try:
-            value = kind(raw[name][0])
-        except ValueError:
-            raise ValueError(f"{name} must be a number, got {raw[name][0][:20]!r}") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
-        out[name] = value
-    if not out["agree"] > 0:
-        raise ValueError("agree must be greater than 0 (a relative tolerance)")
-    # Without max_rounds (a client from before the agreement rule) exactly `rounds` rounds run.
-    out["max_rounds"] = out["max_rounds"] or out["rounds"]
-    if out["max_rounds"] < out["rounds"]:
-        raise ValueError(f"max_rounds ({out['max_rounds']}) must be at least rounds ({out['rounds']})")
-    cap = _host_cap_mb()  # clamped, not refused: the client cannot know this device's memory
-    out["memory_limit_mb"] = min(out["memory_limit_mb"] or cap, cap)
-    out["graph_optimization"] = raw.get("graph_optimization", ["all"])[0]
-    if out["graph_optimization"] not in ("disable", "basic", "extended", "all"):
-        raise ValueError("graph_optimization must be one of disable, basic, extended, all")
-    ref = raw.get("reference", [None])[0]
-    if ref is not None and not re.fullmatch(r"[0-9a-f]{64}", ref):
-        raise ValueError("reference must be a sha256 (hex) returned by POST /v1/reference")
-    out["reference"] = ref
-    out["sample"] = raw.get("sample", [None])[0]
-    if out["sample"] is not None:
-        if len(out["sample"]) > runner.SAMPLE_MAX_CHARS:
-            raise ValueError(f"sample must be at most {runner.SAMPLE_MAX_CHARS} characters")
-        runner.decode_sample(out["sample"])  # ValueError with the reason
-    worst = (out["max_rounds"] + 1) * out["timeout_s"]  # the rounds may disagree up to max_rounds
-    if worst > max_request_s:
-        most = max(0, math.floor(max_request_s / out["timeout_s"]) - 1)
-        which = "max_rounds" if "max_rounds" in raw else "rounds"
-        raise ValueError(f"this request may run ({which} {out['max_rounds']} + 1 overhead probe) x timeout_s "
-                         f"{out['timeout_s']:g} = {worst:g} s; this agent allows at most {max_request_s:g} s per "
-                         f"request (--max-request-seconds): use ({which} + 1) x timeout_s <= {max_request_s:g}"
-                         + (f", e.g. {which} <= {most} at this timeout_s" if most else ", a smaller timeout_s"))
-    return out
+            "max_connections": 64, "max_request_s": MAX_REQUEST_S}
 
 
 # ----------------------------------------------------------------------------------------------- server
