@@ -165,7 +165,7 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     rows = [{"seed": seed, "kind": "uniform", "tag": name, "params": params} for name, params in uniform.items()
             if is_uniform(name) and (args.int8_curve or "int8" not in name)]
     rows += depth_rows(uniform, ctx.layers.droppable, seed) if args.depth_probe else []
-    pool = bench.random_pool(args.pool, seed) if searched else []
+    pool = bench.random_pool(args.pool, seed) if searched and args.pool else []  # --pool 0: no random rows
     used: set[int] = set()
     for s in (r for r in searched if r["kind"] == "searched"):
         target = s["recorded_ms"]
@@ -338,7 +338,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--trials", type=int, default=24, help="explore trials of each search")
     parser.add_argument("--refine", type=int, default=6, help="refinements of each search (2 per latency band)")
-    parser.add_argument("--pool", type=int, default=30, help="random plans measured per seed")
+    parser.add_argument("--pool", type=int, default=30, help="random plans measured per seed (0: no random rows)")
     parser.add_argument("--rounds", type=int, default=7, help="side-by-side timing rounds")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where the cached teachers are")
     parser.add_argument("--scratch", type=Path, default=REPO / "results" / "bench-search-value")

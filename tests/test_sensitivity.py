@@ -238,3 +238,25 @@ def test_seed_plans_default_follows_the_trial_count():
     assert parser.parse_args(run).seed_plans is None
     assert parser.parse_args([*run, "--seed-plans"]).seed_plans is True
     assert parser.parse_args([*run, "--no-seed-plans"]).seed_plans is False
+
+
+def test_the_table_key_names_where_it_was_measured_and_with_what(digits_task):
+    """A table measured on another host, another agent or another stack does not set this one's targets."""
+    from importlib.metadata import version
+
+    from search.config import load_profile
+    from search.config.space import SearchSpace
+    from search.measure.runner import describe_device
+    from search.study.sensitivity import measured_on, sensitivity_key
+
+    local = load_profile("local-1core")
+    here = measured_on(local)
+    assert here["cpu"] == describe_device()["cpu"] and here["cores"] == describe_device()["cores"]
+    assert here["onnxruntime"] == version("onnxruntime") and here["torch"] == version("torch")
+    pi = load_profile("raspberry-pi-4")
+    assert measured_on(pi)["agent"] == pi.measure.url and "cpu" not in measured_on(pi)
+    space = SearchSpace()
+    assert sensitivity_key(digits_task, space, local) == sensitivity_key(digits_task, space, local)  # stable
+    moved = local.model_copy(update={"measure": local.measure.model_copy(update={"backend": "remote",
+                                                                                 "url": "http://board:8765"})})
+    assert sensitivity_key(digits_task, space, moved) != sensitivity_key(digits_task, space, local)

@@ -30,7 +30,8 @@ from search.tasks import Task
 from search.utils.atomic import atomic_write_text
 from search.utils.progress import progress_bar
 
-KEY_VERSION = "4"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise; 4: floor_params
+KEY_VERSION = "5"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise; 4: floor_params;
+# 5: where it was measured (host or agent) and the library versions
 MB = 1024 * 1024
 BN_BATCH = 128  # samples per BatchNorm re-estimation batch
 # Re-estimating BatchNorm on 4 batches ranks trained outcomes better than none (Kendall tau 0.745 vs 0.681,
@@ -110,14 +111,28 @@ def common_params(ctx: Context) -> dict[str, float]:
 def sensitivity_key(task: Task, space: SearchSpace, profile: DeviceProfile, *, seed: int = 0,
                     bn_batches: int = DEFAULT_BN_BATCHES) -> str:
     """What the table depends on: task name, teacher weights and training inputs (`teacher_fingerprint`), the
-    val split, profile digest, space, seed (calibration and BatchNorm samples) and `bn_batches`."""
+    val split, profile digest, space, seed (calibration and BatchNorm samples), `bn_batches` and `measured_on`."""
     from search.tasks.arrays import dataset_arrays
 
     val_x, val_y = dataset_arrays(task.val)
     blob = {"v": KEY_VERSION, "task": task.name, "teacher": teacher_fingerprint(task.teacher, task.train),
             "val": hashlib.sha256(val_x.tobytes() + val_y.tobytes()).hexdigest(), "profile": profile.digest(),
-            "space": space.model_dump(mode="json"), "seed": int(seed), "bn_batches": int(bn_batches)}
+            "space": space.model_dump(mode="json"), "seed": int(seed), "bn_batches": int(bn_batches),
+            "measured_on": measured_on(profile)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def measured_on(profile: DeviceProfile) -> dict:
+    """Where a table's latencies come from and what computed it: the host's CPU (a local profile) or the agent's
+    URL (a remote one, whose board the profile names), and the versions of the libraries that export, quantize
+    and run the variants. A table measured on another machine or stack must not set this one's targets."""
+    from importlib.metadata import version
+
+    from search.measure.runner import describe_device
+
+    where = ({k: v for k, v in describe_device().items() if k in ("cpu", "cores", "machine")}
+             if profile.measure.backend == "local" else {"agent": profile.measure.url})
+    return {**where, **{lib: version(lib) for lib in ("torch", "onnxruntime", "onnx", "torch-pruning")}}
 
 
 def cache_path(directory: str | Path, key: str) -> Path:
