@@ -45,7 +45,7 @@ demo: setup data
 		--device device_profiles/local-1core.yaml --trials $(TRIALS) --refine $(REFINE) --study demo
 
 test: setup data test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
