@@ -284,6 +284,12 @@ class _PrunerJob:
                 alone.append(decider)
             except Exception as exc:
                 failed[decider] = _failed(exc)
+        if not alone:
+            return None, failed
+        try:  # the usual case: one group broke the whole pass, the others prune together
+            return self.run({n for d in alone for n in groups[d]}), failed
+        except Exception:
+            pass
         kept: list[str] = []
         best = None
         for decider in alone:  # greedy: a group that breaks the ones kept so far is skipped too

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from search.study.settings import STORAGE_RETRY_S
+
 
 def _int_at_least(low: int, high: int | None = None):
     """argparse type: a whole number >= low (and <= high)."""
@@ -28,24 +30,22 @@ _non_negative_int = _int_at_least(0)
 _seed = _int_at_least(0, 2**32 - 1 - 10_000)  # numpy seeds are 32-bit; workers add their id
 
 
-def _positive_float(v: str) -> float:
+def _seconds(v: str, zero_ok: bool = False) -> float:
     try:
         x = float(v)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {v!r}") from None
-    if not x > 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {v}")
+    if not (x >= 0 if zero_ok else x > 0) or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if zero_ok else '>'} 0, got {v}")
     return x
+
+
+def _positive_float(v: str) -> float:
+    return _seconds(v)
 
 
 def _non_negative_float(v: str) -> float:
-    try:
-        x = float(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {v!r}") from None
-    if not 0 <= x < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {v}")
-    return x
+    return _seconds(v, zero_ok=True)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study name (results/<study>/)")
     p.add_argument("--storage", help="sqlite:///..., postgresql://... or journal:PATH "
                    "(default results/<study>/study.db)")
-    p.add_argument("--storage-retry-s", type=_non_negative_float, default=120.0, metavar="SEC",
+    p.add_argument("--storage-retry-s", type=_non_negative_float, default=STORAGE_RETRY_S, metavar="SEC",
                    help="ride out a database outage (restart, failover) this long before stopping (0: do not wait)")
     p.add_argument("--artifacts", metavar="DIR", help="shared artifact folder (default results/<study>/artifacts)")
     p.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine")

@@ -24,8 +24,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import TrialState
 
 from search.errors import RunStopped, disk_full, redact_url
+from search.study.settings import STORAGE_RETRY_S
 
-STORAGE_RETRY_S = 120.0  # default bound of one outage (`--storage-retry-s`)
 _BACKOFF_S = (0.5, 5.0)  # first wait, longest wait (doubling, with jitter)
 # What a restarting or busy database says (psycopg2, SQLite), where the exception class does not tell.
 _TRANSIENT_TEXT = ("connection refused", "server closed the connection", "terminating connection",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from search.errors import UserError
 
+STORAGE_RETRY_S = 120.0  # default bound of one storage outage (`--storage-retry-s`, search.study.retry)
 SEED_PLANS_FROM = 20  # explore trials from which a study seeds allocated plans unless told (`seed_plans`)
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Settings a spawned worker inherits as flags (progress, worker_id, workers and write_outputs are its own).
@@ -42,7 +43,7 @@ class RunSettings:
     worker_id: int = 0  # 0: the process that seeds baselines, refines and writes the outputs
     write_outputs: bool = True  # test scores of the front, front.csv and report.html at the end
     max_failures: int = 10  # stop after this many failed trials in a row (0: never)
-    storage_retry_s: float = 120.0  # ride out a database outage this long (search.study.retry)
+    storage_retry_s: float = STORAGE_RETRY_S  # ride out a database outage this long
     # Sensitivity first (cached under results/sensitivity/), then allocated plans. None: when the study has at
     # least SEED_PLANS_FROM trials; below that the stage (about a minute on Fashion-MNIST) costs more than it buys.
     seed_plans: bool | None = None
