@@ -162,8 +162,10 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     bench = BenchStudy(task, scratch, seed, args)
     ctx = bench.ctx
     uniform = baseline_params(ctx.space, ctx.layers, ctx.bits, ctx.profile, uniform_curve=True)
+    # Uniform int8 PTQ of the teacher (no training: nothing is pruned) is the int8 curve's ratio 0.
     rows = [{"seed": seed, "kind": "uniform", "tag": name, "params": params} for name, params in uniform.items()
-            if is_uniform(name) and (args.int8_curve or "int8" not in name)]
+            if (is_uniform(name) or name == "teacher-int8")
+            and (args.int8_curve if name.endswith("int8") else args.fp32_curve)]
     rows += depth_rows(uniform, ctx.layers.droppable, seed) if args.depth_probe else []
     pool = bench.random_pool(args.pool, seed) if searched and args.pool else []  # --pool 0: no random rows
     used: set[int] = set()
@@ -354,6 +356,9 @@ def main() -> int:
                         "for every row and the searches' own refinements, instead of the space's")
     parser.add_argument("--int8-curve", action=argparse.BooleanOptionalAction, default=True,
                         help="train the int8 uniform plans too (on local-1core they are slower than fp32 once pruned)")
+    parser.add_argument("--fp32-curve", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the fp32 uniform plans (where int8 pays at every ratio, as on the ResNet-18 "
+                        "task, the int8 plans alone are the curve)")
     parser.add_argument("--recipe-rows", action=argparse.BooleanOptionalAction, default=True,
                         help="each searched structure again with the baselines' T and alpha")
     parser.add_argument("--train-only", action="store_true", help="train the seeds' rows, then stop (several such "
