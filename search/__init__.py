@@ -15,6 +15,7 @@ _EXPORTS = {
     "search.config": ("DeviceProfile", "SearchSpace", "load_profile", "load_space"),
     "search.errors": ("UserError", "TrialFailure"),
     "search.plan": ("Plan",),
+    "search.metrics": ("Metric", "TOP1", "NEG_MAE"),
     "search.compress": ("kd_loss",),
     "search.measure": ("measure",),
     "search.pipeline": ("run",),

@@ -33,12 +33,13 @@ pytestmark = pytest.mark.slow  # six real studies through the CLI (minutes)
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = Path(__file__).resolve().parent / "zoo.py"
-ARCHS = ("resnet", "mobilenetv3", "efficientnet", "shufflenet", "vit", "bert")
+ARCHS = ("resnet", "mobilenetv3", "efficientnet", "shufflenet", "vit", "bert", "regression")
 UNTRACEABLE = {"shufflenet"}  # torch-pruning cannot prune across the channel shuffle: a recorded skip is enough
 TRIALS = 4  # the four seeded baselines: uniform 50% pruning and uniform int8 are both exercised
-# Teacher val top-1 floors, well under what each reaches (tests/zoo.py) and far above chance (10%, BERT 25%).
+# Teacher val top-1 floors, well under what each reaches (tests/zoo.py) and far above chance (10%, BERT 25%);
+# the regression row's metric is the negated MAE in target standard deviations (0.60; a constant: 0.84).
 TEACHER_FLOOR = {"resnet": 0.9, "mobilenetv3": 0.9, "efficientnet": 0.9, "shufflenet": 0.9, "vit": 0.85,
-                 "bert": 0.95}
+                 "bert": 0.95, "regression": -0.7}
 
 SPACE = space_text("zoo", budget="{steps: 30, max_samples: 512}", refine="{steps: 30}", max_drop=0.5)
 
@@ -110,6 +111,27 @@ def test_every_trial_completes_and_the_teacher_learned(row):
     states = {r.number: (r.state, r.fail_reason) for r in view.trials}
     assert len(states) >= TRIALS and all(s == "COMPLETE" for s, _ in states.values()), states
     assert view.teacher["accuracy"] >= TEACHER_FLOOR[row.arch], view.teacher
+
+
+def test_the_teacher_is_judged_by_the_tasks_metric(row):
+    """The study's accuracy is the task's metric computed by ONNX Runtime on the file it scored, recomputed here
+    from the raw outputs: top-1 for the classifiers, the negated MAE for the regression head (where an arg-max
+    over its one output would score every sample 0)."""
+    import numpy as np
+    import onnxruntime as ort
+    import zoo
+
+    view = row.view()
+    x, y = (t.numpy() for t in zoo.val_split(row.arch))
+    sess = ort.InferenceSession(str(view.reference_onnx), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    if row.arch in zoo.REGRESSION:
+        expected = -float(np.abs(out - y).mean())
+        trained = [r for r in view.trials if r.baseline == "prune50-kd-fp32"]
+        assert trained and -0.84 < trained[0].values[0] < 0, trained[:1]  # distilled by MSE: beats a constant
+    else:
+        expected = float((out.argmax(1) == y).mean())
+    assert view.teacher["accuracy"] == pytest.approx(expected, abs=1e-6), (view.teacher, expected)
 
 
 def test_pruned_or_the_skip_is_recorded(row):

@@ -45,6 +45,24 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * ce + (1.0 - alpha) * t * t * kl
 
 
+def regression_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, targets: torch.Tensor,
+                    alpha: float) -> torch.Tensor:
+    """alpha * MSE(student, targets) + (1 - alpha) * MSE(student, teacher): a regression head's distillation
+    (no temperature: there is no distribution to soften)."""
+    s = student_out.reshape(len(student_out), -1)
+    mse = F.mse_loss(s, targets.to(s.dtype).reshape(s.shape))
+    if alpha >= 1.0:
+        return mse
+    return alpha * mse + (1.0 - alpha) * F.mse_loss(s, teacher_out.reshape(s.shape))
+
+
+def task_loss(output_kind: str) -> Callable[..., torch.Tensor]:
+    """The distillation loss for a task's output kind, as (student, teacher, targets, temperature, alpha)."""
+    if output_kind == "regression":
+        return lambda s, t, y, _temperature, alpha: regression_loss(s, t, y, alpha)
+    return kd_loss
+
+
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 512,
                    device: str | torch.device = "cpu") -> torch.Tensor:
@@ -117,6 +135,7 @@ def distill(
     num_threads: int | None = None,
     step_guard: Callable[[], AbstractContextManager] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    output_kind: str = "classes",
 ) -> DistillResult:
     """Fine-tune `student` in place with `kd_loss` (AdamW, warm-up + cosine); leaves it in eval mode.
 
@@ -127,7 +146,8 @@ def distill(
     when other processes share the cores (OpenMP workers spin against them). Each step runs inside
     `step_guard()` when given (a study holds its steps off while a latency measurement runs).
     `augment(batch, generator)` transforms each input batch before both models see it; it needs a live
-    `teacher` (cached logits belong to the unaugmented inputs).
+    `teacher` (cached logits belong to the unaugmented inputs). `output_kind` "regression" distils by mean
+    squared error (`regression_loss`) instead of `kd_loss`.
     """
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")
@@ -136,6 +156,7 @@ def distill(
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise ValueError(f"need 0 <= alpha <= 1 and temperature > 0 (got alpha={alpha}, T={temperature})")
     live = teacher_logits is None or augment is not None  # run the teacher on each (transformed) batch
+    loss_fn = task_loss(output_kind)
     n_total = len(train_dataset)
     if teacher_logits is not None and len(teacher_logits) != n_total:
         raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for {n_total} samples")
@@ -175,7 +196,7 @@ def distill(
                 else:
                     t_logits = teacher_logits[idx].to(device)
                 with step_guard() if step_guard else nullcontext():
-                    loss = kd_loss(student(x), t_logits, y, temperature, alpha)
+                    loss = loss_fn(student(x), t_logits, y, temperature, alpha)
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise TrialFailure(f"non-finite loss at step {step} of {steps} ({value}; lr={lr:g}, "

@@ -348,4 +348,8 @@ def _taylor_gradients(model: nn.Module, example_input: torch.Tensor,
             y = model(x).argmax(dim=-1)
     else:
         x, y = calibration
-    nn.functional.cross_entropy(model(x), y).backward()
+    out = model(x)
+    if y.is_floating_point():  # regression targets: the gradient of the task's own loss
+        nn.functional.mse_loss(out.reshape(len(out), -1), y.to(out.dtype).reshape(len(out), -1)).backward()
+    else:
+        nn.functional.cross_entropy(out, y).backward()

@@ -82,6 +82,7 @@ def _print_table(view, df, *, every: bool) -> None:
     from rich.table import Table
 
     from search.inspect.report import format_cell
+    from search.metrics import show
 
     complete = view.all_trials[view.all_trials.state == "COMPLETE"]
     title = (f"study {view.name}: {len(view.front)} on the front, {int(complete.feasible.sum())} feasible of "
@@ -93,7 +94,8 @@ def _print_table(view, df, *, every: bool) -> None:
                          else "right", no_wrap=col != "fail_reason", min_width=len(col))
     for row in df.to_dict("records"):
         on_front = bool(row.get("on_front", True))
-        table.add_row(*(format_cell(c, v) for c, v in row.items()), style="bold" if every and on_front else None)
+        table.add_row(*(format_cell(c, v, view.percent) for c, v in row.items()),
+                      style="bold" if every and on_front else None)
     console = Console()
     # Piped: no terminal width to honour, and a cut-off table is useless; a terminal wraps reasons.
     (console if console.is_terminal else Console(width=250)).print(table)
@@ -103,9 +105,10 @@ def _print_table(view, df, *, every: bool) -> None:
         print("note: this task has no test split: accuracy is the selection set's (val), not a held-out estimate")
     else:
         t = view.teacher_test.get("accuracy")
-        print("accuracy/acc_change: val, which selected the front; test_*: held-out test split, scored once per "
-              "front point" + (f" (teacher {t:.2%})" if t is not None else "") + "; test_se: paired standard error "
-              "of test_change; within noise: |test_change| <= 2 test_se")
+        what = "" if view.metric_name == "top-1" else f" ({view.metric_name}, changes in its unit)"
+        print(f"accuracy/acc_change{what}: val, which selected the front; test_*: held-out test split, scored once "
+              "per front point" + (f" (teacher {show(t, view.percent)})" if t is not None else "")
+              + "; test_se: paired standard error of test_change; within noise: |test_change| <= 2 test_se")
 
 
 def print_front(result) -> None:

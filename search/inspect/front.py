@@ -15,7 +15,15 @@ import pandas as pd
 
 from search.plan import Plan
 from search.study.pareto import front_numbers, is_feasible
-from search.study.record import OBJECTIVES, S_SPACE, S_TEACHER, S_TEST_SCORES, TrialRecord, trial_origin
+from search.study.record import (
+    OBJECTIVES,
+    S_SPACE,
+    S_TEACHER,
+    S_TEST_SCORES,
+    TrialRecord,
+    metric_percent,
+    trial_origin,
+)
 
 # accuracy/acc_change: the selection set (val), what every decision used. test_*: the held-out split,
 # scored once per front point at the end of a run; test_se is the standard error of the paired change.
@@ -77,7 +85,7 @@ def budget_label(record: TrialRecord, space: Mapping[str, Any] | None) -> str:
 
 
 def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin: str,
-         budget: str) -> dict[str, Any]:
+         budget: str, scale: float) -> dict[str, Any]:
     values = record.values or (math.nan,) * len(OBJECTIVES)
     acc, lat, mem = (_num(v) for v in values[: len(OBJECTIVES)])
     model_mb = _num(record.metrics.get("model_mb"))
@@ -86,7 +94,7 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin
     return {
         "trial": record.number,
         "accuracy": acc,
-        "acc_change": (acc - _num(teacher.get("accuracy"))) * 100.0,  # percentage points
+        "acc_change": (acc - _num(teacher.get("accuracy"))) * scale,  # percentage points, or the metric's unit
         "test_accuracy": _num(test.get("accuracy")),
         "test_change": _num(test.get("change")),
         "test_se": _num(test.get("se")),
@@ -111,12 +119,14 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin
 
 
 def frame(records: Sequence[TrialRecord], front: Iterable[int], teacher: Mapping[str, Any], *,
-          include_all: bool, space: Mapping[str, Any] | None = None) -> pd.DataFrame:
+          include_all: bool, space: Mapping[str, Any] | None = None, percent: bool = True) -> pd.DataFrame:
     """Rows for `records` (all of them, or only the front ones) in the fixed column order; `space` (the
-    study's S_SPACE dump) spells out each row's budget."""
+    study's S_SPACE dump) spells out each row's budget; `percent`: accuracy is a share (changes in percentage
+    points), else a metric in its own unit (search.metrics)."""
     on = set(front)
     by_number = {r.number: r for r in records}  # all of them: a front refinement's source may be off the front
-    rows = [_row(r, teacher, r.number in on, trial_origin(r, by_number), budget_label(r, space))
+    rows = [_row(r, teacher, r.number in on, trial_origin(r, by_number), budget_label(r, space),
+                 100.0 if percent else 1.0)
             for r in records if include_all or r.number in on]
     df = pd.DataFrame(rows, columns=list(ALL_COLUMNS))
     df = df.astype({"trial": "int64", "refined": "bool", "feasible": "bool", "on_front": "bool"})
@@ -136,7 +146,8 @@ def compute_front(study: Any, *, include_all: bool = False) -> pd.DataFrame:
     scores = study.user_attrs.get(S_TEST_SCORES) or {}
     records = [TrialRecord.from_trial(t, scores) for t in study.get_trials(deepcopy=False)]
     return frame(records, front_numbers(study), teacher, include_all=include_all,
-                 space=study.user_attrs.get(S_SPACE))
+                 space=study.user_attrs.get(S_SPACE),
+                 percent=metric_percent(study.user_attrs))
 
 
 # ---- hypervolume -------------------------------------------------------------------------------------
@@ -148,6 +159,7 @@ class Reference:
     latency_ms: float
     memory_mb: float
     note: str
+    floor: bool = False  # accuracy is the space's floor (min_accuracy or teacher - max_drop), not a fallback
 
 
 def reference_point(user_attrs: Mapping[str, Any], budgets: Any) -> Reference:
@@ -169,7 +181,7 @@ def reference_point(user_attrs: Mapping[str, Any], budgets: Any) -> Reference:
         2 * _num(teacher.get("memory_mb")), "2 x teacher")
     note = (f"reference point: accuracy {acc:.4f} ({acc_why}), latency {lat:.4g} ms ({lat_why}), "
             f"memory {mem:.4g} MB ({mem_why}); ideal point: accuracy 1, latency 0, memory 0")
-    return Reference(acc, lat, mem, note)
+    return Reference(acc, lat, mem, note, floor=acc_why != "0")
 
 
 def _hv2d(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:

@@ -25,12 +25,12 @@ NOISE_SIGMAS = 2.0
 WITHIN_NOISE, BETTER, WORSE = "within noise", "better", "worse"
 
 
-def paired_change(candidate: np.ndarray, teacher: np.ndarray) -> tuple[float, float]:
-    """(change, standard error) in percentage points of candidate minus teacher accuracy on the same
-    samples (per-sample correctness vectors of 0/1)."""
+def paired_change(candidate: np.ndarray, teacher: np.ndarray, scale: float = 100.0) -> tuple[float, float]:
+    """(change, standard error) in points (100 x the metric: percentage points for top-1) of candidate minus
+    teacher on the same samples (per-sample scores: 0/1 correctness for top-1)."""
     d = candidate.astype(np.float64) - teacher.astype(np.float64)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-    return float(d.mean()) * 100.0, se * 100.0
+    return float(d.mean()) * scale, se * scale
 
 
 def verdict(change: float, se: float) -> str:
@@ -62,14 +62,14 @@ def score_test(view: StudyData, task: Any, trials: list[int] | None = None) -> d
     reference = view.reference_onnx
     if reference is None:
         raise FileNotFoundError(f"{view.folder}: the teacher's reference.onnx is missing, cannot score the test split")
-    teacher = onnx_correct(reference, x, y)
+    teacher = onnx_correct(reference, x, y, metric=task.metric)
     scores["teacher"] = {"accuracy": float(teacher.mean()), "n": int(len(y))}
     with tempfile.TemporaryDirectory(prefix="hwsearch-test-") as tmp:
         for n in todo:
             path = Path(tmp) / f"trial-{n}.onnx"
             view.download_artifact(records[n].onnx_artifact or "", path)
-            correct = onnx_correct(path, x, y)
-            change, se = paired_change(correct, teacher)
+            correct = onnx_correct(path, x, y, metric=task.metric)
+            change, se = paired_change(correct, teacher, task.metric.scale)
             scores[str(n)] = {"accuracy": float(correct.mean()), "n": int(len(y)), "change": change, "se": se,
                               "verdict": verdict(change, se), "sha256": sha256_file(path)}
     study.set_user_attr(S_HAS_TEST, True)

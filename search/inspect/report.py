@@ -17,6 +17,7 @@ import pandas as pd
 from search.compress.bits import BITS_TO_PRECISION
 from search.inspect.front import Reference, hypervolume_history, reference_point
 from search.inspect.seeded import seeded_section, units_section
+from search.metrics import points, show
 from search.study.record import BASELINES, O_ALLOCATED, O_BASELINE, O_SAMPLED, O_UNIFORM, S_LAYERS, S_SPACE, TrialRecord
 from search.utils.atomic import atomic_write_text
 
@@ -42,14 +43,15 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}"""
 
 
-def _hover(row: pd.Series, rec: TrialRecord | None) -> str:
+def _hover(row: pd.Series, rec: TrialRecord | None, metric: str = "top-1", percent: bool = True) -> str:
     plan = (rec.plan or {}) if rec else {}
+    unit = points(percent)
     parts = [f"<b>trial {row.trial}</b>" + (f" ({row.baseline})" if row.baseline else ""),
              f"origin {row.origin}, trained: {row.budget}",
-             f"val top-1 {row.accuracy:.2%} ({row.acc_change:+.2f} pts)"]
+             f"val {metric} {show(row.accuracy, percent)} ({row.acc_change:+.2f} {unit})"]
     if isinstance(row.test_accuracy, float) and not math.isnan(row.test_accuracy):
-        parts.append(f"test top-1 {row.test_accuracy:.2%} ({row.test_change:+.2f} &plusmn; {row.test_se:.2f} pts, "
-                     f"{row.test_verdict})")
+        parts.append(f"test {metric} {show(row.test_accuracy, percent)} ({row.test_change:+.2f} &plusmn; "
+                     f"{row.test_se:.2f} {unit}, {row.test_verdict})")
     parts += [f"latency {row.latency_ms:.4g} ms ({row.speedup:.2f}x)", f"memory {row.memory_mb:.3g} MB",
              f"pruned {row.mean_prune:.0%} mean (applied), {row.quant_share:.0%} layers run integer kernels",
              f"T {row.temperature:.3g}, alpha {plan.get('alpha', math.nan):.2f}"]
@@ -75,7 +77,8 @@ def pareto_figure(view: StudyData, x: str, xlabel: str, budget: float | None, re
             x=part[x], y=part.accuracy, mode="markers", name=f"{name} ({len(part)})",
             marker={"color": color, "size": size, "line": {"width": 1, "color": "white"},
                     "symbol": [ORIGIN_SYMBOLS.get(o, "circle") for o in part.origin]},
-            text=[_hover(r, records.get(r.trial)) for r in part.itertuples()], hoverinfo="text"))
+            text=[_hover(r, records.get(r.trial), view.metric_name, view.percent) for r in part.itertuples()],
+            hoverinfo="text"))
     for origin, symbol in ORIGIN_SYMBOLS.items():  # legend key only: the shapes live on the traces above
         if n := int((df.origin == origin).sum()):
             fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"origin {origin} ({n})",
@@ -100,11 +103,12 @@ def pareto_figure(view: StudyData, x: str, xlabel: str, budget: float | None, re
         low = float(df[x].min()) if len(df) else 0.0
         pad = max(0.05 * (top - low), 0.02 * top, 1e-9)
         fig.update_xaxes(range=[low - pad, top + pad])
-    if ref.accuracy > 0:
+    if ref.floor:
         fig.add_hline(y=ref.accuracy, line={"dash": "dash", "color": BUDGET_COLOR},
                       annotation_text="accuracy floor", annotation_position="bottom right")
-    fig.update_layout(title=f"Accuracy vs {xlabel}", xaxis_title=xlabel, yaxis_title="top-1 accuracy (ONNX Runtime)",
-                      yaxis_tickformat=".1%", height=520, margin={"l": 60, "r": 20, "t": 50, "b": 50},
+    fig.update_layout(title=f"Accuracy vs {xlabel}", xaxis_title=xlabel,
+                      yaxis_title=f"{view.metric_name} (ONNX Runtime)", yaxis_tickformat=".1%" if view.percent else "",
+                      height=520, margin={"l": 60, "r": 20, "t": 50, "b": 50},
                       legend={"orientation": "h", "y": -0.18})
     return fig
 
@@ -221,18 +225,29 @@ FORMATS = {"accuracy": "{:.2%}", "acc_change": "{:+.2f}", "test_accuracy": "{:.2
            "quant_share": "{:.0%}", "temperature": "{:.3g}"}
 
 
-def format_cell(column: str, value: Any) -> str:
-    """One cell as the table, the report and the CLI show it."""
+RAW_FORMATS = {"acc_change": "{:+.3g}", "test_change": "{:+.3g}", "test_se": "{:.3g}"}
+
+
+def format_cell(column: str, value: Any, percent: bool = True) -> str:
+    """One cell as the table, the report and the CLI show it (`percent`: accuracy is a share, else a metric
+    shown in its own unit)."""
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
-        return "-" if math.isnan(value) else FORMATS.get(column, "{:.4g}").format(value)
+        if math.isnan(value):
+            return "-"
+        if column in ("accuracy", "test_accuracy"):
+            return show(value, percent)
+        if not percent and column in RAW_FORMATS:  # a change in the metric's unit: significant digits
+            return RAW_FORMATS[column].format(value)
+        return FORMATS.get(column, "{:.4g}").format(value)
     return str(value)
 
 
-def html_table(df: pd.DataFrame) -> str:
+def html_table(df: pd.DataFrame, percent: bool = True) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(c, v))}</td>" for c, v in row.items()) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(c, v, percent))}</td>" for c, v in row.items())
+                   + "</tr>"
                    for row in df.to_dict("records"))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -257,12 +272,12 @@ def build_html(view: StudyData) -> str:
     df, teacher = view.all_trials, view.teacher
     complete = df[df.state == "COMPLETE"]
     failed = df[df.state != "COMPLETE"][["trial", "state", "fail_reason"]]
-    t_test = view.teacher_test.get("accuracy")
+    t_test, pct = view.teacher_test.get("accuracy"), view.percent
     cards = [("task", view.task_spec), ("device", profile.name),
              ("trials", f"{len(complete)} complete / {len(df)}"),
              ("feasible", str(int(complete.feasible.sum()))), ("on the front", str(len(view.front))),
-             ("teacher", f"val {teacher.get('accuracy', math.nan):.2%}"
-                         + (f", test {t_test:.2%}" if t_test is not None else "")
+             ("teacher", f"val {show(teacher.get('accuracy', math.nan), pct)}"
+                         + (f", test {show(t_test, pct)}" if t_test is not None else "")
                          + f", {teacher.get('latency_ms', math.nan):.4g} ms"
                          + f", {teacher.get('memory_mb', math.nan):.3g} MB")]
     protocol = ("Accuracy: <b>val</b> (the selection set) chose every point; <b>test</b> is the held-out split, "
@@ -291,7 +306,7 @@ Shape: where the plan came from (origin: sampled, allocated by sensitivity, unif
 baseline; a refinement keeps its source's); open black symbols ring the named baselines; dashed lines: the
 profile's budgets and the accuracy floor. The table's budget column is the distillation each point got.</p>
 <div class="grid"><div>{divs["pareto-latency"]}</div><div>{divs["pareto-memory"]}</div></div>
-<h2>Front table</h2><p class="muted">{protocol}</p>{html_table(view.front)}
+<h2>Front table</h2><p class="muted">{protocol}</p>{html_table(view.front, view.percent)}
 <h2>Per-layer plans</h2>{divs["layers"]}
 <h3>Asked but not applied as asked</h3>
 {html_table(gaps) if len(gaps) else "<p>none: every front point runs as planned</p>"}

@@ -82,13 +82,14 @@ class VerifyError(Exception):
 
 
 def _test_rows(rec: TrialRecord, model: Path, task: Any) -> list[VerifyRow]:
-    """The held-out top-1, re-scored: equal to the recorded one when the final scoring step scored it."""
+    """The held-out accuracy (top-1 or the task's metric), re-scored: equal to the recorded one when the final
+    scoring step scored it."""
     from search.measure.accuracy import onnx_accuracy
     from search.tasks.arrays import dataset_arrays
 
     if getattr(task, "test", None) is None:
         return []
-    acc = onnx_accuracy(model, *dataset_arrays(task.test))
+    acc = onnx_accuracy(model, *dataset_arrays(task.test), metric=task.metric)
     recorded = rec.test.get("accuracy") if rec.test else None
     if recorded is None:
         return [VerifyRow("test_accuracy", None, acc, "exactly equal", True,
@@ -119,7 +120,8 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
 
     values = dict(zip(OBJECTIVES, rec.values or (), strict=False))
     task = task if task is not None else view.load_task()
-    acc = onnx_accuracy(model, *dataset_arrays(task.val))  # the same conversion the search evaluated with
+    # The same conversion and metric the search evaluated with.
+    acc = onnx_accuracy(model, *dataset_arrays(task.val), metric=task.metric)
     rows = [VerifyRow("val_accuracy", values["accuracy"], acc, "exactly equal", acc == values["accuracy"])]
     rows += _test_rows(rec, model, task)
     if rec.onnx_sha256:  # the exported bytes are the bytes that were scored

@@ -20,6 +20,7 @@ from search.study.record import (
     S_ARTIFACTS,
     S_HAS_TEST,
     S_LAYERS,
+    S_METRIC,
     S_PROFILE,
     S_REFERENCE_ONNX,
     S_SENSITIVITY,
@@ -28,6 +29,7 @@ from search.study.record import (
     S_TEACHER,
     S_TEST_SCORES,
     TrialRecord,
+    metric_percent,
 )
 from search.utils.atomic import atomic_path
 
@@ -60,7 +62,7 @@ class StudyData:
     def all_trials(self) -> pd.DataFrame:
         """Every trial (the front's columns plus state, on_front, fail_reason): what plots draw."""
         return frame(self.trials, front_numbers(self.study), self.teacher, include_all=True,
-                     space=self.attrs.get(S_SPACE))
+                     space=self.attrs.get(S_SPACE), percent=self.percent)
 
     @functools.cached_property
     def front(self) -> pd.DataFrame:
@@ -115,6 +117,17 @@ class StudyData:
     @property
     def teacher(self) -> dict[str, Any]:
         return dict(self.attrs.get(S_TEACHER, {}))
+
+    @property
+    def metric_name(self) -> str:
+        """The name of what the study's accuracy is: "top-1" unless the task gave a metric."""
+        return str((self.attrs.get(S_METRIC) or {}).get("name", "top-1"))
+
+    @property
+    def percent(self) -> bool:
+        """Whether the study's accuracy is a share shown in percent (top-1, the default) or a metric in its
+        own unit (search.metrics)."""
+        return metric_percent(self.attrs)
 
     @property
     def has_test(self) -> bool:

@@ -1,4 +1,4 @@
-"""Top-1 accuracy of an ONNX file with ONNX Runtime: the one function every score goes through.
+"""Accuracy (top-1, or the task's metric) of an ONNX file with ONNX Runtime: every score goes through here.
 
 Fixed session settings (threads, batch, optimisation level) so that re-evaluating the same file
 anywhere in this project gives exactly the same number (export --verify relies on that).
@@ -10,13 +10,16 @@ import os
 
 import numpy as np
 
+from search.metrics import TOP1, Metric
+
 EVAL_BATCH = 500
 EVAL_THREADS = 2
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
-def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """The first output of the ONNX file for every sample of `x`, in order."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -27,18 +30,27 @@ def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_B
     inp = sess.get_inputs()[0]
     x = np.ascontiguousarray(x, dtype=_ORT_TYPES.get(inp.type, np.float32))  # token ids stay integers
     name = inp.name
-    preds = [sess.run(None, {name: x[i : i + batch]})[0].argmax(1) for i in range(0, len(x), batch)]
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
 
 
-def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """Per sample: 1 where the arg-max class equals the label, else 0 (paired comparisons need it)."""
+def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """The arg-max class of every sample."""
+    out = onnx_outputs(path, x, batch)
+    return out.argmax(1) if len(out) else np.zeros(0, dtype=np.int64)
+
+
+def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,
+                 metric: Metric = TOP1) -> np.ndarray:
+    """Per sample: the task's metric (top-1: 1 where the arg-max class equals the label, else 0); paired
+    comparisons need the per-sample values."""
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("accuracy needs at least one sample")
-    return (onnx_predictions(path, x, batch) == y).astype(np.int8)
+    return metric(onnx_outputs(path, x, batch), y)
 
 
-def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH) -> float:
-    """Share of samples whose arg-max class equals the label."""
-    return float(onnx_correct(path, x, y, batch).mean())
+def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,
+                  metric: Metric = TOP1) -> float:
+    """The metric's mean over the samples (top-1: the share whose arg-max class equals the label)."""
+    return float(onnx_correct(path, x, y, batch, metric).mean())

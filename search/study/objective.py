@@ -200,7 +200,8 @@ class Objective:
                         temperature=plan.temperature,
                         alpha=plan.alpha, epochs=budget.epochs, steps=budget.steps, max_samples=budget.max_samples,
                         lr=ctx.space.distillation.lr, batch_size=ctx.space.distillation.batch_size, seed=plan.seed,
-                        device=ctx.device, num_threads=ctx.threads, step_guard=ctx.step_guard)
+                        device=ctx.device, num_threads=ctx.threads, step_guard=ctx.step_guard,
+                        output_kind=ctx.task.output_kind)
             student.cpu()
             trained = True
             candidate = export_and_quantize("final")
@@ -211,7 +212,7 @@ class Objective:
             model_mb = candidate.stat().st_size / MB
             hw = hardware_constraints(ctx, latency, memory, model_mb)
         with timer("evaluate"):
-            accuracy = onnx_accuracy(candidate, ctx.val_x, ctx.val_y)
+            accuracy = onnx_accuracy(candidate, ctx.val_x, ctx.val_y, metric=ctx.task.metric)
             trial.set_user_attr(T_ONNX_SHA256, sha256_file(candidate))  # the file scored, byte for byte
         constraints = {**hw, **accuracy_constraint(ctx, accuracy)}
         for name, value in constraints.items():

@@ -16,8 +16,17 @@ import warnings
 
 import optuna
 
+from search.metrics import show
 from search.study.pareto import front_trials, is_feasible
-from search.study.record import OBJECTIVES, S_TEACHER, T_CONSTRAINTS, T_FAIL_REASON, T_STAGE_SECONDS, TrialRecord
+from search.study.record import (
+    OBJECTIVES,
+    S_TEACHER,
+    T_CONSTRAINTS,
+    T_FAIL_REASON,
+    T_STAGE_SECONDS,
+    TrialRecord,
+    metric_percent,
+)
 from search.utils.progress import PlainLog, fmt_duration, live_terminal, make_progress
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
@@ -155,7 +164,7 @@ class TrialProgress:
         accuracy, latency = t.values[0], t.values[1]
         teacher_ms = (self.study.user_attrs.get(S_TEACHER) or {}).get("latency_ms")
         speed = f"speedup {teacher_ms / latency:.2f}x" if teacher_ms and latency > 0 else "speedup ?"
-        out = f"accuracy {accuracy * 100:.2f}%, {speed} ({latency:.3f} ms), "
+        out = f"accuracy {show(accuracy, metric_percent(self.study.user_attrs))}, {speed} ({latency:.3f} ms), "
         if is_feasible(TrialRecord.from_trial(t)):
             return out + "feasible"
         broken = [k for k, v in (t.user_attrs.get(T_CONSTRAINTS) or {}).items() if v > 0]

@@ -27,6 +27,7 @@ S_LAYERS = "layers"  # {"prunable": [...], "quantizable": [...], "blocks": {bloc
 S_ARTIFACTS = "artifacts_dir"
 S_SEED = "seed"
 S_INPUT = "input"  # {"shape", "num_classes", "class_names", "name", "dtype", "value_range", "normalisation"}
+S_METRIC = "metric"  # {"name", "percent"}: what `accuracy` means (search.metrics.Metric.describe); absent: top-1
 S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the study folder
 # Held-out scores, written once per front point by the final scoring step (the only reader of `test`):
 # {"teacher": {"accuracy", "n"}, "<trial number>": {"accuracy", "n", "change", "se", "verdict", "sha256"}}.
@@ -125,6 +126,11 @@ _ATTR_KEYS = {"onnx_artifact": T_ONNX_ARTIFACT, "plan_artifact": T_PLAN_ARTIFACT
 O_BASELINE, O_UNIFORM, O_ALLOCATED, O_SAMPLED = "baseline", "uniform", "allocated", "sampled"
 ORIGINS: tuple[str, ...] = (O_BASELINE, O_UNIFORM, O_ALLOCATED, O_SAMPLED)
 UNIFORM_PREFIX = "prune"  # baselines named prune{pct}-kd-{fp32|int8}: every unit at one ratio, distilled
+
+
+def metric_percent(attrs: Mapping[str, Any]) -> bool:
+    """Whether a study's accuracy is a share shown in percent (top-1, and studies from before S_METRIC)."""
+    return bool((attrs.get(S_METRIC) or {}).get("percent", True))
 
 
 def is_uniform(baseline: str | None) -> bool:

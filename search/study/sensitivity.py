@@ -111,14 +111,15 @@ def common_params(ctx: Context) -> dict[str, float]:
 def sensitivity_key(task: Task, space: SearchSpace, profile: DeviceProfile, *, seed: int = 0,
                     bn_batches: int = DEFAULT_BN_BATCHES) -> str:
     """What the table depends on: task name, teacher weights and training inputs (`teacher_fingerprint`), the
-    val split, profile digest, space, seed (calibration and BatchNorm samples), `bn_batches` and `measured_on`."""
+    val split and the metric's name, profile digest, space, seed (calibration and BatchNorm samples),
+    `bn_batches` and `measured_on`."""
     from search.tasks.arrays import dataset_arrays
 
     val_x, val_y = dataset_arrays(task.val)
     blob = {"v": KEY_VERSION, "task": task.name, "teacher": teacher_fingerprint(task.teacher, task.train),
             "val": hashlib.sha256(val_x.tobytes() + val_y.tobytes()).hexdigest(), "profile": profile.digest(),
             "space": space.model_dump(mode="json"), "seed": int(seed), "bn_batches": int(bn_batches),
-            "measured_on": measured_on(profile)}
+            "measured_on": measured_on(profile), "metric": task.metric.name}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -213,7 +214,8 @@ class _Runner:
         if m.stopped:
             raise TrialFailure(f"sensitivity: the memory limit stopped a single-change variant ({m.error})")
         with self.timer("evaluate"):
-            acc = onnx_accuracy(path, self.ctx.val_x, self.ctx.val_y) if evaluate else float("nan")
+            acc = (onnx_accuracy(path, self.ctx.val_x, self.ctx.val_y, metric=self.ctx.task.metric) if evaluate
+                   else float("nan"))
         return acc, m.objective(self.ctx.profile.measure.statistic), float(m.memory_total_mb or 0.0), \
             path.stat().st_size / MB
 

@@ -16,6 +16,7 @@ from search.study.context import Context, example_input
 from search.study.record import (
     S_INPUT,
     S_LAYERS,
+    S_METRIC,
     S_PROFILE,
     S_PROFILE_DIGEST,
     S_PROFILE_FILE,
@@ -182,7 +183,7 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
         with torch.no_grad(), _step(task, "counting the teacher's operations"):
             macs, params = tp.utils.count_ops_and_params(task.teacher, ctx.example)
         with _step(task, "scoring the teacher with ONNX Runtime"):
-            accuracy = onnx_accuracy(reference, val_x, val_y)
+            accuracy = onnx_accuracy(reference, val_x, val_y, metric=task.metric)
         ctx.teacher_metrics = {
             "accuracy": accuracy,
             "latency_ms": m.objective(profile.measure.statistic),
@@ -195,7 +196,7 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
             S_PROFILE_DIGEST: profile.digest(), S_SEED: seed, S_LAYERS: layers.to_dict(),
             S_INPUT: {"shape": list(task.input_shape), "num_classes": task.num_classes,
                       "class_names": list(task.class_names), **dataclasses.asdict(task.input_spec)},
-            S_REFERENCE_ONNX: REFERENCE_NAME, S_TEACHER: ctx.teacher_metrics,
+            S_METRIC: task.metric.describe(), S_REFERENCE_ONNX: REFERENCE_NAME, S_TEACHER: ctx.teacher_metrics,
             S_REFERENCE_BASELINE: dataclasses.asdict(m.reference_baseline) if m.reference_baseline else None,
         }.items():
             study.set_user_attr(key, value)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from search.metrics import NEG_MAE, OUTPUT_KINDS, TOP1, Metric, OutputKind
+
 if TYPE_CHECKING:  # torch stays a lazy import so `hwsearch --help` is fast
     import torch
     from torch import nn
@@ -80,10 +82,28 @@ class Task:
     # The teacher's training augmentation, (batch, generator) -> batch, for distilling from the live teacher
     # on augmented inputs (None: no augmentation, e.g. token ids).
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    # What val/test judge (per sample, higher is better; its mean is the objective) and what the model's first
+    # output is: "classes" (N, C) logits, distilled with a temperature; "regression" (N, D) values, distilled by
+    # mean squared error to the teacher's (num_classes is then D, the output width). Metric left None: top-1 for
+    # classes, NEG_MAE for regression.
+    metric: Metric | None = None
+    output_kind: OutputKind = "classes"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_spec", self.input_spec.resolved(self.train))  # frozen: set once, here
         if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
             raise ValueError(f"Task {self.name!r}: input_shape must be positive ints, got {self.input_shape}")
-        if self.num_classes < 2:
-            raise ValueError(f"Task {self.name!r}: num_classes must be >= 2, got {self.num_classes}")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise ValueError(f"Task {self.name!r}: output_kind must be one of {', '.join(OUTPUT_KINDS)}, "
+                             f"got {self.output_kind!r}")
+        if self.metric is None:
+            object.__setattr__(self, "metric", TOP1 if self.output_kind == "classes" else NEG_MAE)
+        elif not isinstance(self.metric, Metric):
+            if not callable(self.metric):
+                raise ValueError(f"Task {self.name!r}: metric must be a search.Metric or a function (outputs, "
+                                 f"targets) -> per-sample scores, got {type(self.metric).__name__}")
+            object.__setattr__(self, "metric", Metric(getattr(self.metric, "__name__", "metric"), self.metric))
+        least = 2 if self.output_kind == "classes" else 1
+        if self.num_classes < least:
+            raise ValueError(f"Task {self.name!r}: num_classes must be >= {least} for {self.output_kind} outputs, "
+                             f"got {self.num_classes}")

@@ -1,0 +1,70 @@
+"""What a task is judged by: a per-sample metric over the model's first output, and the output kind that
+distillation needs.
+
+Per sample, not one number: the objective is the mean, and the held-out report pairs candidate and teacher on
+the same samples (the standard error of the paired difference), which works for any per-sample score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (outputs (N, ...), targets (N, ...)) -> scores (N,)
+OutputKind = Literal["classes", "regression"]
+OUTPUT_KINDS: tuple[str, ...] = ("classes", "regression")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A named per-sample score, higher is better (negate an error, as NEG_MAE does).
+
+    `percent`: a share in [0, 1] (top-1), shown as a percentage with changes in percentage points; otherwise
+    values and changes are shown in the metric's own unit."""
+
+    name: str
+    scores: ScoreFn
+    percent: bool = True
+
+    @property
+    def scale(self) -> float:
+        """Changes are reported as scale x the difference: percentage points, or the metric's unit."""
+        return 100.0 if self.percent else 1.0
+
+    def describe(self) -> dict:
+        """What a study stores about its metric (inspection tools format with it, without the task)."""
+        return {"name": self.name, "percent": self.percent}
+
+    def __call__(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        s = np.asarray(self.scores(outputs, targets), dtype=np.float64).reshape(-1)
+        if len(s) != len(targets):
+            raise ValueError(f"metric {self.name!r} returned {len(s)} scores for {len(targets)} samples "
+                             "(it must return one score per sample)")
+        return s
+
+
+def _top1(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return (outputs.argmax(1) == np.asarray(targets)).astype(np.int8)
+
+
+def _neg_mae(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    out = outputs.reshape(len(outputs), -1).astype(np.float64)
+    return -np.abs(out - np.asarray(targets, dtype=np.float64).reshape(len(out), -1)).mean(1)
+
+
+TOP1 = Metric("top-1", _top1)
+NEG_MAE = Metric("negated mean absolute error", _neg_mae, percent=False)
+
+
+def show(value: float, percent: bool = True) -> str:
+    """A metric value as the tables show it: 93.52% for a share, -0.5812 otherwise."""
+    return f"{value:.2%}" if percent else f"{value:.4g}"
+
+
+def points(percent: bool = True) -> str:
+    """The unit of a change: percentage points for a share, the metric's own unit otherwise."""
+    return "pts" if percent else "(metric units)"
+
