@@ -17,14 +17,19 @@ $(STAMP): requirements.lock pyproject.toml setup.py
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Real Fashion-MNIST from Debian's package (IDX files); nothing is downloaded at run time.
+# Real Fashion-MNIST and WordNet 3.0 (the real-text task's glosses) from Debian's packages; nothing is
+# downloaded at run time.
+WORDNET_DIR := /usr/share/wordnet
 data:
-	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$HWSEARCH_DATA" ]; then :; \
+	@need=""; \
+	[ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || [ -n "$$HWSEARCH_DATA" ] || need="$$need dataset-fashion-mnist"; \
+	[ -f $(WORDNET_DIR)/data.noun ] || [ -n "$$HWSEARCH_WORDNET" ] || need="$$need wordnet-base"; \
+	if [ -z "$$need" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get install -y -q dataset-fashion-mnist >/dev/null || \
-		{ apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+		apt-get install -y -q $$need >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q $$need >/dev/null; }; \
 	else \
-		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set HWSEARCH_DATA to a folder with the four IDX files"; exit 1; \
+		echo "missing:$$need: run 'sudo apt-get install$$need' (or set HWSEARCH_DATA to a folder with the four Fashion-MNIST IDX files, HWSEARCH_WORDNET to one with WordNet's data.noun)"; exit 1; \
 	fi
 
 # Servers and browsers the tests start for real: PostgreSQL (multi-worker storage), Chromium (report and
@@ -57,6 +62,7 @@ bench: setup data
 teachers: setup data
 	$(BIN)/hwsearch tasks --retrain digits --ship
 	$(BIN)/hwsearch tasks --retrain fashion-mnist --ship
+	$(BIN)/hwsearch tasks --retrain wordnet-supersense --ship
 
 lint: setup
 	$(BIN)/ruff check search tests benchmarks

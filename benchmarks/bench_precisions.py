@@ -2,7 +2,8 @@
 kernel ONNX Runtime executes and the latency against fp32.
 
 Three small torch models, each three layers of one op type, are exported and quantized uniformly at 32, 16,
-8 and 4 bits with `search.compress.quantize`; `search.compress.runs_as` reads what the session runs from its
+8 and 4 bits with `search.compress.quantize` (MatMul also at 8 bits quantized dynamically, int8-dynamic);
+`search.compress.runs_as` reads what the session runs from its
 optimised graph (the device profile's options, local-1core: 1 thread, graph optimisation "all"). Two mixed
 plans per model show the neighbour effects: the middle layer at 16 between two 8s (does the 8 still run an
 integer kernel?), and the middle layer at 32 between two 8s (does the session quantize it anyway?). The
@@ -27,13 +28,14 @@ from pathlib import Path
 import numpy as np
 from _common import REPO, cli, fmt, header, mode_args, shown, table, write_json
 
-from search.compress.bits import BITS_TO_PRECISION
+from search.compress.bits import BITS_TO_PRECISION, DYNAMIC_INT8, DYNAMIC_OPS
 from search.compress.bits import VALID_BITS as BITS
 
 ROUNDS = {"quick": (5, 300), "full": (15, 1000)}
 LAYERS = ("l1", "l2", "l3")
 MIXED = {"16 between 8s": {"l1": 8, "l2": 16, "l3": 8}, "32 between 8s": {"l1": 8, "l2": 32, "l3": 8}}
 OTHER_LEVELS = ("extended", "basic", "disable")
+DYNAMIC_CASE = "uniform 8 dynamic"
 
 
 def models():
@@ -117,16 +119,19 @@ def main() -> int:
         fp32 = export_onnx(model, shape, work / f"{op.lower()}-fp32.onnx")
         calib = rng.random((32, *shape), dtype=np.float32)
         feed = {"input": rng.random((1, *shape), dtype=np.float32)}
-        plans = [(f"uniform {b}", dict.fromkeys(LAYERS, b)) for b in BITS] + list(MIXED.items())
-        for name, plan in plans:
+        plans = [(f"uniform {b}", dict.fromkeys(LAYERS, b), ()) for b in BITS]
+        plans += [(name, plan, ()) for name, plan in MIXED.items()]
+        if op in DYNAMIC_OPS:  # int8 with activation scales computed at run time (a profile's int8-dynamic)
+            plans.append((DYNAMIC_CASE, dict.fromkeys(LAYERS, 8), (op,)))
+        for name, plan, dynamic in plans:
             path = work / f"{op.lower()}-{name.replace(' ', '-')}.onnx"
-            q = quantize(fp32, path, plan, calib)
+            q = quantize(fp32, path, plan, calib, dynamic_ops=dynamic)
             runs = runs_as(path, fp32, graph_optimization=level, threads=threads)
             case = {"op": op, "name": name, "plan": plan, "path": shown(path), "bytes": path.stat().st_size,
                     "quantized": q.quantized, "notes": q.notes,
                     "runs_as": {k: {"kernel": r.kernel, "op_types": list(r.op_types), "nodes": list(r.nodes)}
                                 for k, r in runs.items()},
-                    "compare": compare(plan, runs), "feed": feed, "ratios": []}
+                    "compare": compare(plan, runs, q.dynamic), "feed": feed, "ratios": []}
             if name.startswith("uniform"):
                 case["runs_as_at_level"] = {
                     lv: {k: r.kernel for k, r in runs_as(path, fp32, graph_optimization=lv, threads=threads).items()}
@@ -162,6 +167,14 @@ def main() -> int:
                                    "as_requested": not any(v["differs"] for v in c["compare"].values()),
                                    "speedup": c["speedup"], "p50_ms": c["p50_ms"]}
         honoured[op] = [BITS_TO_PRECISION[b] for b in BITS if summary[op][str(b)]["as_requested"]]
+        dyn = next((c for c in cases if c["op"] == op and c["name"] == DYNAMIC_CASE), None)
+        if dyn is not None:
+            ok = not any(v["differs"] for v in dyn["compare"].values())
+            runs = dyn["runs_as"].values()
+            summary[op][DYNAMIC_INT8] = {"runs_as": sorted({r["kernel"] for r in runs}),
+                                         "op_types": sorted({t for r in runs for t in r["op_types"]}),
+                                         "as_requested": ok, "speedup": dyn["speedup"], "p50_ms": dyn["p50_ms"]}
+            honoured[op] += [DYNAMIC_INT8] if ok else []
     neighbours = {op: {name: {k: v["runs_as"] for k, v in c["compare"].items()}
                        for c in cases if c["op"] == op and (name := c["name"]) in MIXED} for op in refs}
     result.update(profile=profile.name, threads=threads, graph_optimization=level, batch=1, rounds=rounds,

@@ -302,42 +302,13 @@ KEYWORDS = (1, 2)  # class = has 1 + 2 * has 2: four classes
 TOKEN_CLASSES = 4
 
 
-class EncoderLayer(nn.Module):
-    """BERT's post-LN layer: x = LN(x + attn(x)); x = LN(x + FFN(x)); padding keys masked out."""
+def TinyBert() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
+    """The real-text teacher's architecture (search.tasks.encoder: post-LN layers, padding mask from the ids) in
+    small: 2 layers of width 32, 4 heads."""
+    from search.tasks.encoder import EncoderSpec
 
-    def __init__(self, dim: int, heads: int, ff: int) -> None:
-        super().__init__()
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.attention_norm = nn.LayerNorm(dim)
-        self.intermediate = nn.Linear(dim, ff)
-        self.output = nn.Linear(ff, dim)
-        self.output_norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        x = self.attention_norm(x + self.attention(x, x, x, key_padding_mask=pad, need_weights=False)[0])
-        return self.output_norm(x + self.output(F.gelu(self.intermediate(x))))
-
-
-class TinyBert(nn.Module):
-    def __init__(self, vocab: int = VOCAB, dim: int = 32, heads: int = 4, ff: int = 64, depth: int = 2,
-                 max_len: int = SEQ_LEN, num_classes: int = TOKEN_CLASSES) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(vocab, dim, padding_idx=0)
-        self.position_embeddings = nn.Embedding(max_len, dim)
-        self.embeddings_norm = nn.LayerNorm(dim)
-        self.layers = nn.ModuleList([EncoderLayer(dim, heads, ff) for _ in range(depth)])
-        self.pooler = nn.Linear(dim, dim)
-        self.classifier = nn.Linear(dim, num_classes)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pad = ids == 0  # (B, L) True where padding: the mask comes from the ids, inside the graph
-        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        x = self.embeddings_norm(self.word_embeddings(ids) + self.position_embeddings(pos))
-        for layer in self.layers:
-            x = layer(x, pad)
-        keep = (~pad).unsqueeze(-1).to(x.dtype)
-        pooled = (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # mean over real tokens
-        return self.classifier(torch.tanh(self.pooler(pooled)))
+    return EncoderSpec(vocab=VOCAB, max_len=SEQ_LEN, dim=32, heads=4, ff=64, depth=2,
+                       num_classes=TOKEN_CLASSES).build()
 
 
 class RegressionMLP(nn.Module):

@@ -3,7 +3,10 @@
 Bits per layer (PyTorch module names, mapped to nodes by `onnx_names`):
   32  fp32, the layer's nodes are excluded from quantization;
   16  A16W8: uint16 activations into the layer (tensor_quant_overrides), int8 weights;
-   8  A8W8: static QDQ, uint8 activations, int8 (per-channel) weights;
+   8  A8W8: static QDQ, uint8 activations, int8 (per-channel) weights; on the op types in `dynamic_ops`
+      (a profile's int8-dynamic), int8 weights with activation scales computed at run time
+      (ONNX Runtime's dynamic quantizer: DynamicQuantizeLinear + MatMulInteger, fused to
+      DynamicQuantizeMatMul), no calibration;
    4  A8W4: int4 weights (QDQ) with uint8 activations; a MatMul with a constant weight becomes
       MatMulNBits instead (4-bit blocks, int8 compute), which ORT runs with a real kernel.
 Glue nodes (adds, activations, pooling, reshapes) are quantized only next to a quantized layer,
@@ -16,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -50,6 +53,7 @@ class QuantizeResult:
     quantized: dict[str, int]  # layer -> bits actually applied (16, 8 or 4)
     skipped: dict[str, str] = field(default_factory=dict)  # layer asked < 32 but left fp32 -> why
     notes: dict[str, str] = field(default_factory=dict)  # layer quantized differently than asked -> how
+    dynamic: frozenset[str] = frozenset()  # the 8-bit layers quantized dynamically
 
 
 class _Reader(CalibrationDataReader):
@@ -86,6 +90,7 @@ def quantize(
     matmul_nbits: bool = True,
     compact: bool = True,
     quantize_bias: bool = False,
+    dynamic_ops: Collection[str] = (),
 ) -> QuantizeResult:
     """Quantize `fp32_path` layer by layer as `bits` says and write `out_path`.
 
@@ -96,7 +101,9 @@ def quantize(
     load and run in ONNX Runtime; a failure raises TrialFailure. Biases stay float by default:
     ORT CPU quantizes them itself when it fuses QLinearConv/QGemm, and an int32 bias with its
     per-channel scale and zero point costs 12 bytes a channel instead of 4 (set `quantize_bias`
-    for execution providers that want int32 biases in the file).
+    for execution providers that want int32 biases in the file). `dynamic_ops`: op types whose 8-bit
+    layers are quantized dynamically (a layer all of whose weighted nodes are of those types and hold a
+    constant weight; the others stay static).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +127,7 @@ def quantize(
         except Exception:
             shutil.copyfile(fp32_path, pre)  # shape inference is an optimisation, not a necessity
         model = onnx.load(str(pre))
-        plan = _plan(model, wanted, matmul_nbits)
+        plan = _plan(model, wanted, matmul_nbits, frozenset(dynamic_ops))
         qdq = Path(tmp) / "qdq.onnx"
         try:
             with _quiet():
@@ -139,13 +146,15 @@ def quantize(
                     plan.notes.update(sandwiched_fp32(model, plan.exclude, plan.owner))
                 if plan.nbits_nodes:
                     model = _matmul_nbits(model, plan.nbits_nodes)
+                if plan.dynamic_nodes:
+                    model = _dynamic(model, plan.dynamic_nodes, per_channel)
                 if compact:
                     compact_graph(model)
                 onnx.save_model(model, str(out_path))
         except Exception as exc:
             raise TrialFailure(f"quantization failed: {short_reason(exc)}") from exc
     _check_runs(out_path, calibration[:2])
-    return QuantizeResult(out_path, plan.applied, plan.skipped, plan.notes)
+    return QuantizeResult(out_path, plan.applied, plan.skipped, plan.notes, frozenset(plan.dynamic))
 
 
 @dataclass
@@ -153,6 +162,8 @@ class _Plan:
     exclude: set[str] = field(default_factory=set)
     overrides: dict[str, list[dict]] = field(default_factory=dict)
     nbits_nodes: list[str] = field(default_factory=list)
+    dynamic_nodes: list[str] = field(default_factory=list)
+    dynamic: set[str] = field(default_factory=set)  # layers
     qdq_layers: set[str] = field(default_factory=set)
     applied: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -160,7 +171,8 @@ class _Plan:
     owner: dict[str, str] = field(default_factory=dict)  # weighted node -> layer
 
 
-def _plan(model: onnx.ModelProto, wanted: dict[str, int], matmul_nbits: bool) -> _Plan:
+def _plan(model: onnx.ModelProto, wanted: dict[str, int], matmul_nbits: bool,
+          dynamic_ops: frozenset[str] = frozenset()) -> _Plan:
     """Decide, per node, fp32 / QDQ / MatMulNBits and the overrides 16- and 4-bit layers need."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -184,6 +196,15 @@ def _plan(model: onnx.ModelProto, wanted: dict[str, int], matmul_nbits: bool) ->
                 and len(consts) == len(nodes) and all(_nbits_ok(n, inits) for n in consts):
             p.nbits_nodes += [n.name for n in consts]
             p.applied[layer] = 4
+            continue
+        if b == 8 and consts and all(n.op_type in dynamic_ops for n in consts):
+            # Its weight products quantize dynamically; an activation x activation product (attention
+            # scores) has no weight to store and stays float: not a QDQ layer, its nodes are excluded below.
+            p.dynamic_nodes += [n.name for n in consts]
+            if len(consts) < len(nodes):
+                p.notes[layer] = "int8-dynamic: its activation x activation products (attention scores) stay float"
+            p.dynamic.add(layer)
+            p.applied[layer] = 8
             continue
         if b == 4 and not consts:
             p.notes[layer] = "no weights to store in 4 bits (activation x activation): quantized as A8"
@@ -274,6 +295,39 @@ def _matmul_nbits(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
         if n.op_type == "MatMulNBits" and n.name.endswith("_Q4") and n.name[:-3] in wanted:
             n.name = n.name[:-3]
     return out
+
+
+def _dynamic(model: onnx.ModelProto, nodes: list[str], per_channel: bool) -> onnx.ModelProto:
+    """Each MatMul of `nodes` with a constant (K, N) weight becomes com.microsoft DynamicQuantizeMatMul (one
+    node, its name kept so layer maps still find it): symmetric int8 weights, a scale per column (or one), the
+    activation quantized to uint8 from its own range on every call. ORT's `quantize_dynamic` is not used: it
+    rewrites every Gemm into MatMul + Add, which drops the static Gemm layers' QDQ and their node names."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    wanted = set(nodes)
+    for n in g.node:
+        if n.name not in wanted or n.op_type != "MatMul" or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        amax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max(), np.float32)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        if not per_channel:
+            scale = scale[:1]
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        wq, ws = f"{n.input[1]}_dq_w", f"{n.input[1]}_dq_scale"
+        g.initializer.extend([numpy_helper.from_array(q, wq), numpy_helper.from_array(scale.reshape(-1), ws)])
+        new = helper.make_node("DynamicQuantizeMatMul", [n.input[0], wq, ws], list(n.output), name=n.name,
+                               domain="com.microsoft")
+        n.CopyFrom(new)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return model
 
 
 def _check_runs(path: Path, sample: np.ndarray) -> None:

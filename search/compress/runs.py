@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +39,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from search.compress.bits import BITS_TO_PRECISION
+from search.compress.bits import BITS_TO_PRECISION, DYNAMIC_INT8
 from search.compress.onnx_names import weighted_nodes
 
 # Kernel classes, best to worst: an integer kernel, a float kernel on weights dequantized at run
 # time (quantized storage, float compute and a dequantization per call), a plain float kernel.
-KERNELS = ("int4", "int8", "int16", "float-dequant", "fp32")
+KERNELS = ("int4", "int8", "int8-dynamic", "int16", "float-dequant", "fp32")
+# Integer kernels that quantize their activation from its own range on every call (no calibrated scale).
+_DYNAMIC_OPS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
 UNKNOWN = "unknown"
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -135,16 +137,19 @@ def classify(model: onnx.ModelProto, optimized: onnx.ModelProto,
     return out
 
 
-def compare(requested: Mapping[str, int], runs: Mapping[str, LayerRun]) -> dict[str, dict]:
+def compare(requested: Mapping[str, int], runs: Mapping[str, LayerRun],
+            dynamic: Collection[str] = ()) -> dict[str, dict]:
     """{layer: {"requested": bits, "runs_as": kernel, "differs": bool}} for every layer of `runs` and
     `requested` (a layer the plan does not name is 32, as in `quantize`). It differs when the kernel
     is not what the bit-width asks for: 8 -> "int8", 4 -> "int4", 16 -> "int16" (no such kernel on
-    ORT CPU), 32 -> "fp32" (an fp32 layer the session quantized itself differs too)."""
+    ORT CPU), 32 -> "fp32" (an fp32 layer the session quantized itself differs too); an 8-bit layer of
+    `dynamic` (quantized dynamically) -> "int8-dynamic"."""
     out = {}
     for layer in [*runs, *(k for k in requested if k not in runs)]:
         bits = int(requested.get(layer, 32))
         kernel = runs[layer].kernel if layer in runs else UNKNOWN
-        out[layer] = {"requested": bits, "runs_as": kernel, "differs": kernel != BITS_TO_PRECISION.get(bits)}
+        wanted = DYNAMIC_INT8 if bits == 8 and layer in dynamic else BITS_TO_PRECISION.get(bits)
+        out[layer] = {"requested": bits, "runs_as": kernel, "differs": kernel != wanted}
     return out
 
 
@@ -275,6 +280,8 @@ def _node_kernel(node: onnx.NodeProto, prod: Mapping[str, onnx.NodeProto],
         act16 = (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
         if zp is not None and len(node.input) > zp and getattr(inits.get(node.input[zp]), "data_type", None) in act16:
             return "int16"
+        if op in _DYNAMIC_OPS or getattr(prod.get(node.input[0]), "op_type", None) == "DynamicQuantizeLinear":
+            return DYNAMIC_INT8
         return "int8"
 
     def dequantized(i: int, weight_only: bool) -> bool:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from search.compress.bits import BITS_TO_PRECISION, Precision
+from search.compress.bits import DYNAMIC_INT8, DYNAMIC_OPS, PRECISION_BITS, Precision
 from search.config.loader import load_model
 
 # The op types a per-layer bit-width applies to (a layer's Conv/Gemm/MatMul nodes in the ONNX graph).
@@ -96,6 +96,13 @@ class DeviceProfile(_Strict):
                 raise ValueError(f"must include fp32{where}: the teacher and unquantized layers run in it")
             if len(set(precisions)) != len(precisions):
                 raise ValueError(f"lists a value twice{where}")
+            if DYNAMIC_INT8 in precisions:
+                if not op or op not in DYNAMIC_OPS:
+                    raise ValueError(f"{DYNAMIC_INT8} is declared per op type, for {', '.join(DYNAMIC_OPS)} only "
+                                     f"(its constant-weight products run as DynamicQuantizeMatMul){where}")
+                if "int8" in precisions:
+                    raise ValueError(f"lists int8 and {DYNAMIC_INT8}{where}: an 8-bit layer runs one of them "
+                                     "(int8: static QDQ scales; int8-dynamic: scales computed at run time)")
         return v
 
     def precisions_for(self, op_type: str) -> tuple[str, ...]:
@@ -108,9 +115,13 @@ class DeviceProfile(_Strict):
         """Plan bit-widths the device runs as real kernels for every one of `op_types` (a layer's nodes);
         without op types, those it runs for at least one op type."""
         ops = list(op_types) if op_types else list(OP_TYPES)
-        runs = [set(self.precisions_for(op)) for op in ops]
+        runs = [{PRECISION_BITS[p] for p in self.precisions_for(op)} for op in ops]
         ok = set.intersection(*runs) if op_types else set.union(*runs)
-        return tuple(b for b, p in BITS_TO_PRECISION.items() if p in ok)
+        return tuple(dict.fromkeys(b for b in PRECISION_BITS.values() if b in ok))  # 32, 16, 8, 4 order
+
+    def dynamic_ops(self) -> frozenset[str]:
+        """The op types whose 8-bit layers quantize their activations at run time (profile: int8-dynamic)."""
+        return frozenset(op for op in OP_TYPES if DYNAMIC_INT8 in self.precisions_for(op))
 
     def digest(self) -> str:
         """Stable hash of everything that affects a measurement or a budget."""

@@ -63,7 +63,7 @@ def quant_share(record: TrialRecord) -> float:
     return Plan.from_dict(record.plan).summary()["int8_share"] if record.plan else math.nan
 
 
-INTEGER_KERNELS = ("int8", "int4")
+INTEGER_KERNELS = ("int8", "int8-dynamic", "int4")
 
 
 _BUDGET_FIELDS = {"explore": "budget", "refine": "refine"}  # T_BUDGET name -> the space's distillation field

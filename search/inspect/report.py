@@ -168,7 +168,7 @@ def layers_figure(view: StudyData) -> go.Figure:
                              colorscale="Blues", text=[["-" if v is None else f"{v:.2f}" for v in r] for r in prune],
                              texttemplate="%{text}", colorbar={"y": 0.8, "len": 0.45, "title": "ratio"},
                              hovertemplate="%{y}, %{x}: pruned %{z:.0%}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Heatmap(z=[[KERNEL_CODES.get(k, 0) for _, k, _ in r] for r in runs], x=layers, y=rows,
+    fig.add_trace(go.Heatmap(z=[[KERNEL_CODE_OF.get(k, 0) for _, k, _ in r] for r in runs], x=layers, y=rows,
                              zmin=-0.5, zmax=3.5, colorscale=[[0, "#f0f0f0"], [0.33, "#fdd49e"], [0.67, "#fc8d59"],
                                                               [1, "#b30000"]],
                              text=[[f"{b}{'*' if d else ''}" for b, _, d in r] for r in runs], texttemplate="%{text}",
@@ -188,6 +188,7 @@ def layers_figure(view: StudyData) -> go.Figure:
 
 # Kernels ONNX Runtime runs a layer with (search.compress.runs), coloured from float to 4-bit integer.
 KERNEL_CODES = {"fp32": 0, "float-dequant": 1, "int8": 2, "int4": 3}
+KERNEL_CODE_OF = {**KERNEL_CODES, "int8-dynamic": 2}  # dynamic int8 shares int8's colour; the hover names it
 
 
 def _runs(rec: TrialRecord, plan: dict, layer: str) -> tuple[int, str, bool]:

@@ -169,11 +169,12 @@ class Objective:
             with timer("quantize"):
                 q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
                              per_channel=ctx.space.quantization.per_channel,
-                             method=ctx.space.quantization.calibration.method)
+                             method=ctx.space.quantization.calibration.method,
+                             dynamic_ops=ctx.profile.dynamic_ops())
                 # What ONNX Runtime runs (its optimised graph, the profile's session options), not what was asked.
                 rt = ctx.profile.runtime
                 runs = runs_as(q.path, fp32, graph_optimization=rt.graph_optimization, threads=rt.threads)
-                precision = compare({k: plan.bits.get(k, 32) for k in runs}, runs)
+                precision = compare({k: plan.bits.get(k, 32) for k in runs}, runs, q.dynamic)
                 for layer, why in {**q.notes, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
                     if layer in precision:
                         precision[layer]["why"] = why

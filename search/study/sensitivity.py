@@ -195,7 +195,8 @@ class _Runner:
         with self.timer("quantize"):
             return quantize(fp32, self.work / f"{tag}.onnx", {**self.all32, **bits}, ctx.calibration,
                             per_channel=ctx.space.quantization.per_channel,
-                            method=ctx.space.quantization.calibration.method)
+                            method=ctx.space.quantization.calibration.method,
+                            dynamic_ops=ctx.profile.dynamic_ops())
 
     def runs(self, q, layers) -> dict[str, str]:
         from search.compress import runs_as

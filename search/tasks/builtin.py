@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from search.tasks.base import IMAGE_INPUT, Task
+from search.tasks.base import IMAGE_INPUT, InputSpec, Task
+from search.tasks.encoder import WORDNET_SPEC
 from search.tasks.models import DIGITS_SPEC, FASHION_RESNET_SPEC, FASHION_SPEC
 from search.tasks.teacher import TeacherSpec, TrainRecipe
+from search.tasks.wordnet import SUPERSENSES, load_wordnet_supersense
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class BuiltinTask:
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     load_data: Callable[[str | Path | None], dict[str, np.ndarray]]
+    input_spec: InputSpec = IMAGE_INPUT
 
 
 def _digits(_data_dir: str | Path | None) -> dict[str, np.ndarray]:
@@ -37,6 +40,8 @@ def _fashion(data_dir: str | Path | None) -> dict[str, np.ndarray]:
     return load_fashion_mnist(data_dir)
 
 
+_WORDNET_INPUT = InputSpec(name="ids", dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
+                           normalisation="token ids of search.tasks.wordnet.encode (0 = padding, 1 = unknown)")
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -58,6 +63,13 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             "28x28 padded to 32x32 in the graph; ~1.2 ms on one core): the headline benchmark",
             FASHION_RESNET_SPEC, TrainRecipe(epochs=10, lr=0.005, batch_size=128, flip=True, shift=2),
             (1, 28, 28), _FASHION_CLASSES, _fashion,
+        ),
+        BuiltinTask(
+            "wordnet-supersense", "real English text: WordNet 3.0 noun glosses (50,597 train / 6,324 val / "
+            "6,324 test) labelled by their ten largest supersenses, 32 token ids each; a 4-layer BERT-style teacher",
+            WORDNET_SPEC, TrainRecipe(epochs=8, lr=0.001, batch_size=128),
+            (WORDNET_SPEC.max_len,), tuple(n.removeprefix("noun.") for n in SUPERSENSES.values()),
+            load_wordnet_supersense, _WORDNET_INPUT,
         ),
     )
 }
@@ -86,7 +98,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
         input_shape=b.input_shape,
         num_classes=b.spec.num_classes,
         class_names=b.class_names,
-        input_spec=IMAGE_INPUT,
+        input_spec=b.input_spec,
         description=b.description,
         teacher_info=meta,
         augment=functools.partial(augment_batch, recipe=b.recipe) if b.recipe.flip or b.recipe.shift else None,

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from search.tasks.encoder import EncoderSpec
 from search.tasks.models import EdgeNetSpec, ResNetSpec
 from search.utils.atomic import atomic_write_bytes, atomic_write_text
 from search.utils.files import sha256_file
 from search.utils.progress import progress_bar
 
-TeacherSpec = EdgeNetSpec | ResNetSpec
+TeacherSpec = EdgeNetSpec | ResNetSpec | EncoderSpec
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""The real-text built-in: WordNet 3.0 noun glosses labelled by supersense, read from Debian's wordnet-base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.errors import UserError
+from search.tasks import load_task
+from search.tasks import wordnet as wn
+
+
+@pytest.fixture(scope="module")
+def data():
+    return wn.load_wordnet_supersense()
+
+
+def test_glosses_and_labels_come_from_the_real_files(data):
+    texts, labels = wn.read_glosses(wn.wordnet_dir())
+    assert len(texts) == 63245 and np.bincount(labels).tolist()[:2] == [11587, 11087]  # artifact, person
+    dog = next(i for i, t in enumerate(texts) if t.startswith("a member of the genus Canis"))
+    assert wn.SUPERSENSES[list(wn.SUPERSENSES)[labels[dog]]] == "noun.animal"
+    sizes = {s: len(data[f"{s}_y"]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 50597, "val": 6324, "test": 6324}
+    for s in sizes:
+        x = data[f"{s}_x"]
+        assert x.dtype == np.int64 and x.shape[1] == wn.SEQ_LEN and x.min() >= 0 and x.max() < wn.VOCAB
+        assert (x[:, 0] != wn.PAD).all()  # every gloss has words; padding only at the end
+    # the vocabulary is the training split's: some val words are unknown, and no split is a copy of another
+    assert 0 < (data["val_x"] == wn.UNK).mean() < 0.1
+    rows = {s: {r.tobytes() for r in data[f"{s}_x"]} for s in ("train", "test")}
+    assert len(rows["test"] - rows["train"]) > 0.9 * sizes["test"]
+
+
+def test_encoding_truncates_pads_and_marks_unknown_words():
+    vocab = wn.build_vocab(["the cat sat", "the dog"], size=4)  # the 2 most frequent words: the, then cat
+    assert vocab == {"the": 2, "cat": 3}
+    ids = wn.encode(["The cat's dog, the cat!"], vocab, seq_len=4)
+    assert ids.tolist() == [[2, wn.UNK, wn.UNK, 2]]
+    assert wn.encode(["cat"], vocab, seq_len=3).tolist() == [[3, wn.PAD, wn.PAD]]
+
+
+def test_missing_wordnet_is_a_clear_error(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(wn, "WORDNET_DIR", tmp_path)
+    monkeypatch.delenv("HWSEARCH_WORDNET", raising=False)
+    with pytest.raises(UserError, match="wordnet-base"):
+        load_task("wordnet-supersense", data_dir=tmp_path, results_dir=tmp_path)
+
+
+def test_the_shipped_teacher_is_used_and_onnx_runtime_agrees_with_its_record(tmp_path: Path, data):
+    import json
+
+    import torch
+
+    from search.compress.export import export_onnx
+    from search.measure.accuracy import onnx_accuracy
+    from search.tasks.teacher import SHIPPED_DIR
+
+    task = load_task("wordnet-supersense", results_dir=tmp_path, progress=False)
+    key = task.teacher_info["key"]
+    assert task.teacher_info == json.loads((SHIPPED_DIR / f"wordnet-supersense-{key}.json").read_text())
+    assert task.input_spec.dtype == "int64" and task.input_shape == (wn.SEQ_LEN,)
+    path = export_onnx(task.teacher, torch.from_numpy(data["val_x"][:4]), tmp_path / "teacher.onnx")
+    val = onnx_accuracy(path, data["val_x"], data["val_y"])
+    assert val == pytest.approx(task.teacher_info["val_accuracy"], abs=0.002)
+    assert val > 0.8  # real text, ten classes: the largest class is 18%
