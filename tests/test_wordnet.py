@@ -24,6 +24,8 @@ def test_glosses_and_labels_come_from_the_real_files(data):
     assert wn.SUPERSENSES[list(wn.SUPERSENSES)[labels[dog]]] == "noun.animal"
     sizes = {s: len(data[f"{s}_y"]) for s in ("train", "val", "test")}
     assert sizes == {"train": 50597, "val": 6324, "test": 6324}
+    shares = {s: np.bincount(data[f"{s}_y"], minlength=10) / sizes[s] for s in sizes}  # stratified
+    assert max(np.abs(shares[s] - shares["train"]).max() for s in ("val", "test")) < 0.002
     for s in sizes:
         x = data[f"{s}_x"]
         assert x.dtype == np.int64 and x.shape[1] == wn.SEQ_LEN and x.min() >= 0 and x.max() < wn.VOCAB

@@ -3,7 +3,7 @@
 
 The ten most frequent noun supersenses (63,245 of the 82,115 noun synsets); a word-level vocabulary of the
 training glosses' most frequent words (0 = padding, 1 = unknown); every gloss as SEQ_LEN int64 token ids.
-Splits: a seeded permutation, 80% train / 10% val / 10% test.
+Splits: stratified by supersense, seeded: 80% train / 10% val / 10% test.
 """
 
 from __future__ import annotations
@@ -79,10 +79,13 @@ def encode(texts: list[str], vocab: dict[str, int], seq_len: int = SEQ_LEN) -> n
 
 
 def load_wordnet_supersense(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    from search.tasks.data import stratified_split
+
     texts, labels = read_glosses(wordnet_dir(data_dir))
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
-    n_val = n_test = len(texts) // 10
-    parts = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+    n = len(texts) // 10
+    rest, test = stratified_split(labels, n, SPLIT_SEED)
+    kept, val = stratified_split(labels[rest], n, SPLIT_SEED)
+    parts = {"test": test, "val": rest[val], "train": rest[kept]}
     vocab = build_vocab([texts[i] for i in parts["train"]])  # from train only: val/test words can be unknown
     out: dict[str, np.ndarray] = {}
     for split, idx in parts.items():
