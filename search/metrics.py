@@ -14,8 +14,9 @@ from typing import Literal
 import numpy as np
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (outputs (N, ...), targets (N, ...)) -> scores (N,)
-OutputKind = Literal["classes", "regression"]
-OUTPUT_KINDS: tuple[str, ...] = ("classes", "regression")
+OutputKind = Literal["classes", "regression", "tokens"]
+OUTPUT_KINDS: tuple[str, ...] = ("classes", "regression", "tokens")
+IGNORE_INDEX = -100  # a token target that is not scored or trained on (padding, the last position)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,16 @@ def _neg_mae(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return -np.abs(out - np.asarray(targets, dtype=np.float64).reshape(len(out), -1)).mean(1)
 
 
+def _token_top1(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per sequence: the share of its scored positions whose arg-max token is the target."""
+    t = np.asarray(targets)
+    keep = t != IGNORE_INDEX
+    hit = (outputs.argmax(-1) == t) & keep
+    return hit.sum(1) / np.maximum(keep.sum(1), 1)
+
+
 TOP1 = Metric("top-1", _top1)
+TOKEN_TOP1 = Metric("next-token top-1", _token_top1)
 NEG_MAE = Metric("negated mean absolute error", _neg_mae, percent=False)
 
 
@@ -68,3 +78,6 @@ def points(percent: bool = True) -> str:
     """The unit of a change: percentage points for a share, the metric's own unit otherwise."""
     return "pts" if percent else "(metric units)"
 
+
+
+DEFAULT_METRIC: dict[str, Metric] = {"classes": TOP1, "regression": NEG_MAE, "tokens": TOKEN_TOP1}

@@ -33,13 +33,13 @@ pytestmark = pytest.mark.slow  # six real studies through the CLI (minutes)
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = Path(__file__).resolve().parent / "zoo.py"
-ARCHS = ("resnet", "mobilenetv3", "efficientnet", "shufflenet", "vit", "bert", "regression")
+ARCHS = ("resnet", "mobilenetv3", "efficientnet", "shufflenet", "vit", "bert", "regression", "lm")
 UNTRACEABLE = {"shufflenet"}  # torch-pruning cannot prune across the channel shuffle: a recorded skip is enough
 TRIALS = 4  # the four seeded baselines: uniform 50% pruning and uniform int8 are both exercised
 # Teacher val top-1 floors, well under what each reaches (tests/zoo.py) and far above chance (10%, BERT 25%);
 # the regression row's metric is the negated MAE in target standard deviations (0.60; a constant: 0.84).
 TEACHER_FLOOR = {"resnet": 0.9, "mobilenetv3": 0.9, "efficientnet": 0.9, "shufflenet": 0.9, "vit": 0.85,
-                 "bert": 0.95, "regression": -0.7}
+                 "bert": 0.95, "regression": -0.7, "lm": 0.85}  # lm: next-token top-1 (0.915)
 
 SPACE = space_text("zoo", budget="{steps: 30, max_samples: 512}", refine="{steps: 30}", max_drop=0.5)
 
@@ -129,6 +129,10 @@ def test_the_teacher_is_judged_by_the_tasks_metric(row):
         expected = -float(np.abs(out - y).mean())
         trained = [r for r in view.trials if r.baseline == "prune50-kd-fp32"]
         assert trained and -0.84 < trained[0].values[0] < 0, trained[:1]  # distilled by MSE: beats a constant
+    elif row.arch == "lm":  # per sequence, the share of its scored positions predicted right; then the mean
+        keep = y != -100
+        expected = float((((out.argmax(-1) == y) & keep).sum(1) / keep.sum(1)).mean())
+        assert out.shape == (len(y), zoo.LM_LEN, zoo.LM_VOCAB)
     else:
         expected = float((out.argmax(1) == y).mean())
     assert view.teacher["accuracy"] == pytest.approx(expected, abs=1e-6), (view.teacher, expected)

@@ -311,6 +311,64 @@ def TinyBert() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
                        num_classes=TOKEN_CLASSES).build()
 
 
+# ------------------------------------------------------------------------------------------- 7. causal LM
+LM_VOCAB, LM_LEN = 32, 12  # id 0: padding; sequences of 6-12 tokens
+
+
+class CausalLayer(nn.Module):
+    """GPT's pre-LN block: x += attn(LN(x)) under a causal mask; x += MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, ff: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, ff)
+        self.down = nn.Linear(ff, dim)
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
+        h = self.attention_norm(x)
+        x = x + self.attention(h, h, h, attn_mask=causal, need_weights=False)[0]
+        return x + self.down(F.gelu(self.up(self.mlp_norm(x))))
+
+
+class TinyLM(nn.Module):
+    """A causal language model over token ids: (N, T) ids -> (N, T, V) next-token logits."""
+
+    def __init__(self, vocab: int = LM_VOCAB, dim: int = 32, heads: int = 4, ff: int = 64, depth: int = 2,
+                 max_len: int = LM_LEN) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(vocab, dim)
+        self.positions = nn.Embedding(max_len, dim)
+        self.layers = nn.ModuleList([CausalLayer(dim, heads, ff) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        t = ids.shape[1]
+        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).triu(1)  # True: may not attend
+        x = self.embeddings(ids) + self.positions(torch.arange(t, device=ids.device)).unsqueeze(0)
+        for layer in self.layers:
+            x = layer(x, causal)
+        return self.lm_head(self.norm(x))
+
+
+def lm_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counting sequences: x_t = 1 + (a + b t) mod 31, 6-12 tokens, padded with 0; the target of position t is
+    x_{t+1}, IGNORE_INDEX at the last token and the padding (from the second token on, a and b fix the rest)."""
+    from search.metrics import IGNORE_INDEX
+
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((n, LM_LEN), np.int64)
+    targets = np.full((n, LM_LEN), IGNORE_INDEX, np.int64)
+    for i in range(n):
+        length, a, b = int(rng.integers(6, LM_LEN + 1)), int(rng.integers(0, 31)), int(rng.integers(1, 4))
+        seq = 1 + (a + b * np.arange(length)) % (LM_VOCAB - 1)
+        ids[i, :length] = seq
+        targets[i, : length - 1] = seq[1:]
+    return ids, targets
+
+
 class RegressionMLP(nn.Module):
     """A regression head over tabular features: scikit-learn's diabetes data (10 standardised features)."""
 
@@ -348,6 +406,7 @@ RECIPES = {  # arch -> (builder, epochs, lr, batch size)
     "vit": (ViT, 25, 3e-3, 64),
     "bert": (TinyBert, 8, 3e-3, 64),
     "regression": (RegressionMLP, 20, 3e-3, 32),
+    "lm": (TinyLM, 10, 3e-3, 64),
 }
 REGRESSION = {"regression"}  # trained and distilled by mean squared error, judged by the negated MAE
 
@@ -380,7 +439,12 @@ def _train(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
             for i in range(0, len(x), batch):
                 idx = order[i : i + batch]
                 out = model(x[idx])
-                loss = F.mse_loss(out, y[idx]) if arch in REGRESSION else F.cross_entropy(out, y[idx])
+                if arch in REGRESSION:
+                    loss = F.mse_loss(out, y[idx])
+                elif out.dim() == 3:  # token logits: flattened, padding ignored (-100)
+                    loss = F.cross_entropy(out.flatten(0, 1), y[idx].flatten(), ignore_index=-100)
+                else:
+                    loss = F.cross_entropy(out, y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -512,6 +576,31 @@ def make_regression() -> Task:
     )
 
 
+LM_SPLITS = (("train", 2048, 11), ("val", 512, 12), ("test", 512, 13))
+
+
+def make_lm() -> Task:
+    """A causal LM: token logits (N, T, V), distilled per token, judged by next-token top-1."""
+    from search.metrics import TOKEN_TOP1
+
+    t = {name: tuple(torch.from_numpy(a) for a in lm_data(n, seed)) for name, n, seed in LM_SPLITS}
+    model = teacher("lm", *t["train"])
+    with torch.no_grad():
+        val = float(TOKEN_TOP1(model(t["val"][0]).numpy(), t["val"][1].numpy()).mean())
+    return Task(
+        name="zoo-lm",
+        teacher=model,
+        train=TensorDataset(*t["train"]),
+        val=TensorDataset(*t["val"]),
+        test=TensorDataset(*t["test"]),
+        input_shape=(LM_LEN,),
+        num_classes=LM_VOCAB,
+        output_kind="tokens",
+        description="causal LM over counting sequences of int64 token ids (tests/zoo.py)",
+        teacher_info={"arch": "lm", "key": _file_key(), "val_token_top1": val},
+    )
+
+
 def val_split(arch: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The val inputs and targets of `arch`'s task, without its teacher."""
     if arch in REGRESSION:
@@ -519,6 +608,9 @@ def val_split(arch: str) -> tuple[torch.Tensor, torch.Tensor]:
     if arch == "bert":
         _, n, seed = BERT_SPLITS[1]
         return tuple(torch.from_numpy(a) for a in keyword_data(n, seed))
+    if arch == "lm":
+        _, n, seed = LM_SPLITS[1]
+        return tuple(torch.from_numpy(a) for a in lm_data(n, seed))
     from search.tasks.data import load_digits_split
 
     d = load_digits_split()
@@ -527,4 +619,4 @@ def val_split(arch: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 MAKERS = {"resnet": make_resnet, "mobilenetv3": make_mobilenetv3, "efficientnet": make_efficientnet,
           "shufflenet": make_shufflenet, "vit": make_vit, "bert": make_bert,
-          "regression": make_regression}
+          "regression": make_regression, "lm": make_lm}

@@ -56,11 +56,25 @@ def regression_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, target
     return alpha * mse + (1.0 - alpha) * F.mse_loss(s, teacher_out.reshape(s.shape))
 
 
+def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
+                  temperature: float, alpha: float) -> torch.Tensor:
+    """`kd_loss` per token of (N, T, V) logits, the temperature over V, averaged over the positions whose
+    target is not IGNORE_INDEX (padding and unscored positions train nothing)."""
+    from search.metrics import IGNORE_INDEX
+
+    keep = targets.reshape(-1) != IGNORE_INDEX
+    v = student_logits.shape[-1]
+    s, t, y = student_logits.reshape(-1, v)[keep], teacher_logits.reshape(-1, v)[keep], targets.reshape(-1)[keep]
+    if len(y) == 0:
+        return student_logits.sum() * 0.0  # no scored position in the batch: a zero loss that still backprops
+    return kd_loss(s, t, y, temperature, alpha)
+
+
 def task_loss(output_kind: str) -> Callable[..., torch.Tensor]:
     """The distillation loss for a task's output kind, as (student, teacher, targets, temperature, alpha)."""
     if output_kind == "regression":
         return lambda s, t, y, _temperature, alpha: regression_loss(s, t, y, alpha)
-    return kd_loss
+    return token_kd_loss if output_kind == "tokens" else kd_loss
 
 
 @torch.no_grad()
@@ -147,7 +161,7 @@ def distill(
     `step_guard()` when given (a study holds its steps off while a latency measurement runs).
     `augment(batch, generator)` transforms each input batch before both models see it; it needs a live
     `teacher` (cached logits belong to the unaugmented inputs). `output_kind` "regression" distils by mean
-    squared error (`regression_loss`) instead of `kd_loss`.
+    squared error (`regression_loss`) instead of `kd_loss`, "tokens" per token (`token_kd_loss`).
     """
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")

@@ -18,8 +18,8 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
-def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """The first output of the ONNX file for every sample of `x`, in order."""
+def _session(path: str | os.PathLike):
+    """(evaluation session, its input's name, the numpy dtype it takes: token ids stay integers)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -28,8 +28,13 @@ def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    x = np.ascontiguousarray(x, dtype=_ORT_TYPES.get(inp.type, np.float32))  # token ids stay integers
-    name = inp.name
+    return sess, inp.name, _ORT_TYPES.get(inp.type, np.float32)
+
+
+def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """The first output of the ONNX file for every sample of `x`, in order."""
+    sess, name, dtype = _session(path)
+    x = np.ascontiguousarray(x, dtype=dtype)
     outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
 
@@ -47,7 +52,11 @@ def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: i
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("accuracy needs at least one sample")
-    return metric(onnx_outputs(path, x, batch), y)
+    # batch by batch: a language model's (N, T, V) outputs over a whole split would not fit in memory
+    sess, name, dtype = _session(path)
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return np.concatenate([metric(sess.run(None, {name: x[i : i + batch]})[0], y[i : i + batch])
+                           for i in range(0, len(x), batch)])
 
 
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,

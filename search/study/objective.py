@@ -194,10 +194,11 @@ class Objective:
         hw = hardware_constraints(ctx, latency, memory, model_mb)
         trained = False
         if all(v <= 0 for v in hw.values()) and pruned and (budget.epochs or budget.steps):
-            live = budget.augment and ctx.task.augment is not None  # cached logits are of the plain inputs
+            augmented = budget.augment and ctx.task.augment is not None  # cached logits are of the plain inputs
+            live = augmented or ctx.task.output_kind == "tokens"  # a training set's N x T x V logits would not fit
             with timer("distill"):
                 distill(student, ctx.task.train, teacher_logits=None if live else ctx.teacher_logits(),
-                        teacher=ctx.task.teacher if live else None, augment=ctx.task.augment if live else None,
+                        teacher=ctx.task.teacher if live else None, augment=ctx.task.augment if augmented else None,
                         temperature=plan.temperature,
                         alpha=plan.alpha, epochs=budget.epochs, steps=budget.steps, max_samples=budget.max_samples,
                         lr=ctx.space.distillation.lr, batch_size=ctx.space.distillation.batch_size, seed=plan.seed,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from search.metrics import NEG_MAE, OUTPUT_KINDS, TOP1, Metric, OutputKind
+from search.metrics import DEFAULT_METRIC, OUTPUT_KINDS, Metric, OutputKind
 
 if TYPE_CHECKING:  # torch stays a lazy import so `hwsearch --help` is fast
     import torch
@@ -84,8 +84,10 @@ class Task:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     # What val/test judge (per sample, higher is better; its mean is the objective) and what the model's first
     # output is: "classes" (N, C) logits, distilled with a temperature; "regression" (N, D) values, distilled by
-    # mean squared error to the teacher's (num_classes is then D, the output width). Metric left None: top-1 for
-    # classes, NEG_MAE for regression.
+    # mean squared error to the teacher's (num_classes is then D, the output width); "tokens" (N, T, V) logits per
+    # position (a language model: num_classes is V), targets (N, T) with search.metrics.IGNORE_INDEX where a
+    # position is not scored, distilled per token from the live teacher (cached logits would be N x T x V).
+    # Metric left None: top-1, NEG_MAE, next-token top-1.
     metric: Metric | None = None
     output_kind: OutputKind = "classes"
 
@@ -97,13 +99,13 @@ class Task:
             raise ValueError(f"Task {self.name!r}: output_kind must be one of {', '.join(OUTPUT_KINDS)}, "
                              f"got {self.output_kind!r}")
         if self.metric is None:
-            object.__setattr__(self, "metric", TOP1 if self.output_kind == "classes" else NEG_MAE)
+            object.__setattr__(self, "metric", DEFAULT_METRIC[self.output_kind])
         elif not isinstance(self.metric, Metric):
             if not callable(self.metric):
                 raise ValueError(f"Task {self.name!r}: metric must be a search.Metric or a function (outputs, "
                                  f"targets) -> per-sample scores, got {type(self.metric).__name__}")
             object.__setattr__(self, "metric", Metric(getattr(self.metric, "__name__", "metric"), self.metric))
-        least = 2 if self.output_kind == "classes" else 1
+        least = 1 if self.output_kind == "regression" else 2
         if self.num_classes < least:
             raise ValueError(f"Task {self.name!r}: num_classes must be >= {least} for {self.output_kind} outputs, "
                              f"got {self.num_classes}")
