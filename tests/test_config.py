@@ -45,7 +45,7 @@ BROKEN = [
     ("profile", GOOD_PROFILE.replace("[fp32, int8]", "[]"), "precisions: Tuple should have at least 1 item after validation"),
     ("profile", GOOD_PROFILE.replace("[fp32, int8]", "{Conv: [fp32, int8], Foo: [fp32]}"), "precisions.Foo.[key]: Input should be 'Conv', 'Gemm' or 'MatMul'"),
     ("profile", GOOD_PROFILE.replace("[fp32, int8]", "{Conv: [int8]}"), "precisions: must include fp32 (Conv)"),
-    ("profile", GOOD_PROFILE.replace("[fp32, int8]", "[fp32, fp16]"), "precisions[1]: Input should be 'fp32', 'int16', 'int8' or 'int4'"),
+    ("profile", GOOD_PROFILE.replace("[fp32, int8]", "[fp32, fp16]"), "precisions[1]: Input should be 'fp32', 'int16', 'int8', 'int4' or 'int8-dynamic'"),
     ("profile", GOOD_PROFILE.replace("[fp32, int8]", "[fp32, int3]"), "precisions[1]: Input should be 'fp32'"),
     ("profile", GOOD_PROFILE.replace("[fp32, int8]", "[int8]"), "precisions: must include fp32"),
     ("profile", GOOD_PROFILE.replace("backend: local", "backend: remote"), "measure: backend 'remote' needs url"),

@@ -192,3 +192,27 @@ def nonfinite_nodes(model: onnx.ModelProto, sample: np.ndarray, input_name: str)
     bad = {o.name for o, v in zip(sess.get_outputs(), outs, strict=True)
            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.all(np.isfinite(v))}
     return {n.name for n in model.graph.node if bad & (set(n.input) | set(n.output))}
+
+
+MASK_FLOOR = 1e4  # exp(-1e4) is 0 in float32: an additive mask of -1e4 masks exactly as -inf does
+
+
+def finite_masks(model: onnx.ModelProto) -> int:
+    """Replace +-inf in the float constants (initializers, Constant nodes) by +-MASK_FLOOR, in place; returns
+    how many tensors changed. For the histogram calibrators (percentile, entropy), which fail on an infinite
+    tensor anywhere in the graph (ORT collects every float tensor, excluded nodes' too): an additive attention
+    mask then holds -1e4, and softmax gives the masked keys the same zero weight. Run `nonfinite_nodes` first:
+    those nodes still stay float."""
+
+    def fix(t: onnx.TensorProto) -> bool:
+        a = numpy_helper.to_array(t)
+        if a.dtype.kind != "f" or np.all(np.isfinite(a)):
+            return False
+        t.CopyFrom(numpy_helper.from_array(np.nan_to_num(a, posinf=MASK_FLOOR, neginf=-MASK_FLOOR), t.name))
+        return True
+
+    changed = sum(fix(i) for i in model.graph.initializer)
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            changed += sum(fix(a.t) for a in n.attribute if a.name == "value")
+    return changed

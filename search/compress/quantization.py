@@ -39,7 +39,7 @@ from search.compress.bits import VALID_BITS
 from search.compress.export import INPUT_NAME, _quiet, short_reason
 from search.compress.onnx_names import WEIGHTED_OPS, node_layer
 from search.compress.qdq_graph import compact as compact_graph
-from search.compress.qdq_graph import float_inputs_for_fp32, nonfinite_nodes, sandwiched_fp32
+from search.compress.qdq_graph import finite_masks, float_inputs_for_fp32, nonfinite_nodes, sandwiched_fp32
 from search.errors import TrialFailure
 
 Method = Literal["minmax", "entropy", "percentile"]
@@ -133,6 +133,8 @@ def quantize(
             with _quiet():
                 if plan.qdq_layers:
                     nonfinite = nonfinite_nodes(model, calibration[:8], INPUT_NAME)  # -inf attention masks
+                    if method != "minmax" and nonfinite:  # histograms fail on an infinite tensor
+                        finite_masks(model)
                     cfg = get_qdq_config(
                         model, _Reader(calibration, calibration_batch), calibrate_method=_METHODS[method],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
