@@ -260,3 +260,23 @@ def test_the_table_key_names_where_it_was_measured_and_with_what(digits_task):
     moved = local.model_copy(update={"measure": local.measure.model_copy(update={"backend": "remote",
                                                                                  "url": "http://board:8765"})})
     assert sensitivity_key(digits_task, space, moved) != sensitivity_key(digits_task, space, local)
+
+
+def test_the_table_shows_a_non_percent_metric_in_its_own_unit():
+    """A regression task's table: the metric's value and drop in its unit (accuracy_drop holds 100 x the
+    difference), not a percentage."""
+    from search.study.sensitivity import Sensitivity, SensitivityRow
+    from search.study.sensitivity_commands import format_table
+
+    row = SensitivityRow(layers=("fc",), unit="fc", kind="prune", value=0.5, accuracy=-0.62, accuracy_drop=2.0,
+                         latency_ms=0.01, latency_saved_ms=0.002, latency_saved_frac=0.2, memory_mb=10.0,
+                         model_mb=0.1)
+    s = Sensitivity(key="k", task="reg", profile="p", statistic="p50", teacher_accuracy=-0.60,
+                    teacher_latency_ms=0.012, teacher_model_mb=0.1, floor_ms=0.005, rows=(row,), choices={},
+                    common_params={}, bn_batches=0, seconds=1.0, measurements=1,
+                    metric={"name": "negated mean absolute error", "percent": False})
+    head, cols, line = format_table(s).splitlines()
+    assert "val negated mean absolute error -0.6," in head and "%" not in head.split("latency")[0]
+    assert cols.split()[:4] == ["parameter", "value", "metric", "drop"]
+    assert line.split()[2:4] == ["-0.62", "0.02"]
+    assert Sensitivity.from_dict(s.to_dict()).metric == s.metric  # kept in the cache

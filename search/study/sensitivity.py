@@ -83,6 +83,8 @@ class Sensitivity:
     failed: dict[str, str] = field(default_factory=dict)  # {"bits.stem=4" or "floor": why it could not be scored}
     floor_params: dict[str, float] = field(default_factory=dict)  # the plan measured at floor_ms, as parameters
     cached: bool = False  # loaded from the JSON cache: nothing was evaluated or measured this time
+    # The task's metric (`Metric.describe()`): a row's accuracy is its value, accuracy_drop 100 x the difference.
+    metric: dict = field(default_factory=lambda: {"name": "top-1", "percent": True})
 
     def frame(self):
         """One row per change, in analysis order (pandas DataFrame)."""
@@ -331,7 +333,8 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
         teacher_accuracy=t_acc, teacher_latency_ms=t_lat, teacher_model_mb=teacher[3],
         floor_ms=min(floor.values(), default=0.0),
         rows=tuple(rows), choices=choices, common_params=common_params(ctx), bn_batches=bn_batches, seconds=0.0,
-        measurements=0, stage_seconds=run.timer.rounded(), failed=failed, floor_params=floor_params)
+        measurements=0, stage_seconds=run.timer.rounded(), failed=failed, floor_params=floor_params,
+        metric=ctx.task.metric.describe())
 
 
 def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[str], same: dict,

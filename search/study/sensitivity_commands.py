@@ -81,20 +81,27 @@ def _runs(kernels: dict[str, str]) -> str:
 
 def format_table(s) -> str:
     """The rows, most accuracy lost first (the units to keep at the top; the cheap speed-ups at the bottom)."""
+    from search.metrics import show
+
     how = "cached, nothing measured now" if s.cached else f"{s.measurements} new measurements"
-    lines = [f"sensitivity of the {s.task} teacher on '{s.profile}' ({s.statistic}): val top-1 "
-             f"{s.teacher_accuracy:.2%}, latency {s.teacher_latency_ms:.4g} ms, floor {s.floor_ms:.4g} ms; "
+    percent = bool(s.metric.get("percent", True))
+    # accuracy_drop is 100 x the difference: points for a share, the metric's own unit shown otherwise
+    drop = (lambda d: f"{d:>9.2f}") if percent else (lambda d: f"{d / 100:>9.4g}")
+    label = s.metric["name"] if len(s.metric["name"]) <= 7 else "metric"
+    lines = [f"sensitivity of the {s.task} teacher on '{s.profile}' ({s.statistic}): val {s.metric['name']} "
+             f"{show(s.teacher_accuracy, percent)}, latency {s.teacher_latency_ms:.4g} ms, floor {s.floor_ms:.4g} ms; "
              f"{len(s.rows)} single changes in {s.seconds:.0f} s ({how})" +
              (f", BatchNorm re-estimated on {s.bn_batches} batches" if s.bn_batches else ""),
-             f"{'parameter':<28} {'value':>6} {'top-1':>7} {'drop pts':>9} {'latency ms':>11} {'saved ms':>10} "
-             f"{'saved':>7} {'file MB':>8}  runs / note"]
+             f"{'parameter':<28} {'value':>6} {label:>7} {'drop pts' if percent else 'drop':>9} "
+             f"{'latency ms':>11} {'saved ms':>10} {'saved':>7} {'file MB':>8}  runs / note"]
     rows = sorted(s.rows, key=lambda r: (-r.accuracy_drop, -r.latency_saved_ms, r.param, r.value))
     for r in rows:
         extra = _runs(r.runs) if r.runs else ""
         if r.note:
             extra = f"{extra}; {r.note}" if extra else r.note
-        lines.append(f"{r.param:<28} {r.value:>6g} {r.accuracy:>7.2%} {r.accuracy_drop:>9.2f} {r.latency_ms:>11.4g} "
-                     f"{r.latency_saved_ms:>10.4g} {r.latency_saved_frac:>7.1%} {r.model_mb:>8.3f}  {extra[:120]}")
+        lines.append(f"{r.param:<28} {r.value:>6g} {show(r.accuracy, percent):>7} {drop(r.accuracy_drop)} "
+                     f"{r.latency_ms:>11.4g} {r.latency_saved_ms:>10.4g} {r.latency_saved_frac:>7.1%} "
+                     f"{r.model_mb:>8.3f}  {extra[:120]}")
     return "\n".join(lines)
 
 
