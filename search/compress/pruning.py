@@ -352,6 +352,8 @@ def _taylor_gradients(model: nn.Module, example_input: torch.Tensor,
     if y.is_floating_point():  # regression targets: the gradient of the task's own loss
         nn.functional.mse_loss(out.reshape(len(out), -1), y.to(out.dtype).reshape(len(out), -1)).backward()
     elif out.dim() == 3:  # (N, T, V) token logits against (N, T) targets
-        nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=-100).backward()
+        from search.metrics import IGNORE_INDEX
+
+        nn.functional.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX).backward()
     else:
         nn.functional.cross_entropy(out, y).backward()

@@ -5,8 +5,7 @@ Bits per layer (PyTorch module names, mapped to nodes by `onnx_names`):
   16  A16W8: uint16 activations into the layer (tensor_quant_overrides), int8 weights;
    8  A8W8: static QDQ, uint8 activations, int8 (per-channel) weights; on the op types in `dynamic_ops`
       (a profile's int8-dynamic), int8 weights with activation scales computed at run time
-      (ONNX Runtime's dynamic quantizer: DynamicQuantizeLinear + MatMulInteger, fused to
-      DynamicQuantizeMatMul), no calibration;
+      (com.microsoft DynamicQuantizeMatMul), no calibration;
    4  A8W4: int4 weights (QDQ) with uint8 activations; a MatMul with a constant weight becomes
       MatMulNBits instead (4-bit blocks, int8 compute), which ORT runs with a real kernel.
 Glue nodes (adds, activations, pooling, reshapes) are quantized only next to a quantized layer,
@@ -102,8 +101,8 @@ def quantize(
     ORT CPU quantizes them itself when it fuses QLinearConv/QGemm, and an int32 bias with its
     per-channel scale and zero point costs 12 bytes a channel instead of 4 (set `quantize_bias`
     for execution providers that want int32 biases in the file). `dynamic_ops`: op types whose 8-bit
-    layers are quantized dynamically (a layer all of whose weighted nodes are of those types and hold a
-    constant weight; the others stay static).
+    layers are quantized dynamically (a layer whose constant-weight nodes are all of those types: those nodes
+    become dynamic, its activation x activation products stay float; other layers stay static).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

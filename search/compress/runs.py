@@ -46,7 +46,7 @@ from search.compress.onnx_names import weighted_nodes
 # time (quantized storage, float compute and a dequantization per call), a plain float kernel.
 KERNELS = ("int4", "int8", "int8-dynamic", "int16", "float-dequant", "fp32")
 # Integer kernels that quantize their activation from its own range on every call (no calibrated scale).
-_DYNAMIC_OPS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+_DYNAMIC_KERNELS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
 UNKNOWN = "unknown"
 
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -280,7 +280,7 @@ def _node_kernel(node: onnx.NodeProto, prod: Mapping[str, onnx.NodeProto],
         act16 = (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
         if zp is not None and len(node.input) > zp and getattr(inits.get(node.input[zp]), "data_type", None) in act16:
             return "int16"
-        if op in _DYNAMIC_OPS or getattr(prod.get(node.input[0]), "op_type", None) == "DynamicQuantizeLinear":
+        if op in _DYNAMIC_KERNELS or getattr(prod.get(node.input[0]), "op_type", None) == "DynamicQuantizeLinear":
             return DYNAMIC_INT8
         return "int8"
 

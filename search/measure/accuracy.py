@@ -31,11 +31,18 @@ def _session(path: str | os.PathLike):
     return sess, inp.name, _ORT_TYPES.get(inp.type, np.float32)
 
 
-def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """The first output of the ONNX file for every sample of `x`, in order."""
+def _batches(path: str | os.PathLike, x: np.ndarray, batch: int):
+    """(start, first output) per batch of `x`, in order: a language model's (N, T, V) outputs over a whole
+    split would not fit in memory, so scoring consumes them batch by batch."""
     sess, name, dtype = _session(path)
     x = np.ascontiguousarray(x, dtype=dtype)
-    outs = [sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    for i in range(0, len(x), batch):
+        yield i, sess.run(None, {name: x[i : i + batch]})[0]
+
+
+def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """The first output of the ONNX file for every sample of `x`, in order."""
+    outs = [out for _, out in _batches(path, x, batch)]
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
 
 
@@ -52,11 +59,7 @@ def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: i
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("accuracy needs at least one sample")
-    # batch by batch: a language model's (N, T, V) outputs over a whole split would not fit in memory
-    sess, name, dtype = _session(path)
-    x = np.ascontiguousarray(x, dtype=dtype)
-    return np.concatenate([metric(sess.run(None, {name: x[i : i + batch]})[0], y[i : i + batch])
-                           for i in range(0, len(x), batch)])
+    return np.concatenate([metric(out, y[i : i + len(out)]) for i, out in _batches(path, x, batch)])
 
 
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,

@@ -98,6 +98,15 @@ class Context:
             self._logits = cached_teacher_logits(self.task, self.logits_dir, self.device)
         return self._logits
 
+    def quantize(self, fp32: Path, out: Path, bits: dict[str, int]):
+        """`search.compress.quantize` with this study's calibration set, the space's quantization settings and
+        the profile's dynamic op types: every stage quantizes the way a trial does."""
+        from search.compress import quantize
+
+        q = self.space.quantization
+        return quantize(fp32, out, bits, self.calibration, per_channel=q.per_channel, method=q.calibration.method,
+                        dynamic_ops=self.profile.dynamic_ops())
+
     def measure(self, onnx_path: Path, recheck: bool = False):
         """`recheck`: a cache hit is confirmed by one fresh round (MeasurementCache.measure)."""
         return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx, recheck=recheck)

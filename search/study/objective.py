@@ -144,7 +144,7 @@ class Objective:
         return ("refine", d.refine) if refine else ("explore", d.budget)
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
-        from search.compress import Reexport, compare, distill, export_onnx, prune, quantize, runs_as
+        from search.compress import Reexport, compare, distill, export_onnx, prune, runs_as
 
         ctx = self.ctx
         budget_name, budget = self._budget(trial)
@@ -167,10 +167,7 @@ class Objective:
             with timer("export"):
                 fp32 = export_onnx(student, ctx.examples, work / f"{tag}-fp32.onnx", reuse=reexport)
             with timer("quantize"):
-                q = quantize(fp32, work / f"{tag}.onnx", dict(plan.bits), ctx.calibration,
-                             per_channel=ctx.space.quantization.per_channel,
-                             method=ctx.space.quantization.calibration.method,
-                             dynamic_ops=ctx.profile.dynamic_ops())
+                q = ctx.quantize(fp32, work / f"{tag}.onnx", dict(plan.bits))
                 # What ONNX Runtime runs (its optimised graph, the profile's session options), not what was asked.
                 rt = ctx.profile.runtime
                 runs = runs_as(q.path, fp32, graph_optimization=rt.graph_optimization, threads=rt.threads)

@@ -191,14 +191,8 @@ class _Runner:
         return pr.model, tuple(sorted(pr.channels.items())) if changed else None, note
 
     def quantized(self, fp32: Path, bits: dict[str, int], tag: str):
-        from search.compress import quantize
-
-        ctx = self.ctx
         with self.timer("quantize"):
-            return quantize(fp32, self.work / f"{tag}.onnx", {**self.all32, **bits}, ctx.calibration,
-                            per_channel=ctx.space.quantization.per_channel,
-                            method=ctx.space.quantization.calibration.method,
-                            dynamic_ops=ctx.profile.dynamic_ops())
+            return self.ctx.quantize(fp32, self.work / f"{tag}.onnx", {**self.all32, **bits})
 
     def runs(self, q, layers) -> dict[str, str]:
         from search.compress import runs_as

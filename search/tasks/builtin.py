@@ -40,7 +40,7 @@ def _fashion(data_dir: str | Path | None) -> dict[str, np.ndarray]:
     return load_fashion_mnist(data_dir)
 
 
-_WORDNET_INPUT = InputSpec(name="ids", dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
+_WORDNET_INPUT = InputSpec(dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
                            normalisation="token ids of search.tasks.wordnet.encode (0 = padding, 1 = unknown)")
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
