@@ -19,7 +19,7 @@ The same on val (what decides). Summary per operating point (the searched points
 seed by latency rank): mean gap and its standard error over seeds.
 
     .venv/bin/python benchmarks/bench_search_value.py [--task fashion-mnist] [--seeds 0 1 2] [--trials 24]
-        [--refine 6] [--pool 30] [--rounds 7] [--variant default --search-space spaces/default.yaml]
+        [--refine 6] [--pool 30] [--rounds 7] [--variant A B --search-space SPACE_A SPACE_B] [--no-study-rows]
         [--scratch results/bench-search-value] [--out benchmarks/results/search-value-<task>-<variant>.json]
 """
 
@@ -40,13 +40,13 @@ MATCH = 0.05  # a random plan stands beside a searched point when its untrained 
 BENCH_TAG = "bench"  # trial user attribute: which bench row a trial trains
 
 
-def searched_rows(scratch: Path, seed: int, args) -> list[dict]:
-    """Run (or resume) the default search of seed `seed`; its refined points, tagged by where they came from."""
+def searched_rows(scratch: Path, seed: int, variant: str, space: Path, args) -> list[dict]:
+    """Run (or resume) search `variant` (with `space`) of seed `seed`; its refined points, tagged by origin."""
     import search
     from search.study.record import trial_origin
 
-    name = f"search-{args.variant}-s{seed}"
-    search.run(args.task, args.search_space or args.space, args.device, args.trials, name, results=scratch, seed=seed,
+    name = f"search-{variant}-s{seed}"
+    search.run(args.task, space, args.device, args.trials, name, results=scratch, seed=seed,
                refine=args.refine, progress=True, write_outputs=False)
     view = open_study(name, scratch)
     by_number = {r.number: r for r in view.trials}
@@ -55,8 +55,10 @@ def searched_rows(scratch: Path, seed: int, args) -> list[dict]:
         if r.refined_from is None or r.state != "COMPLETE" or not r.onnx_artifact:
             continue
         origin = trial_origin(r, by_number)
-        rows.append({"seed": seed, "kind": "searched" if origin in ("sampled", "allocated") else f"study-{origin}",
-                     "variant": args.variant,
+        kind = "searched" if origin in ("sampled", "allocated") else f"study-{origin}"
+        if kind != "searched" and not args.study_rows:
+            continue
+        rows.append({"seed": seed, "kind": kind, "variant": variant,
                      "origin": origin, "study": name, "trial": r.number, "refined_from": r.refined_from,
                      "params": view.study.trials[r.number].params, "val": r.values[0],
                      "recorded_ms": r.values[1]})
@@ -314,17 +316,26 @@ def _gap_stats(pts: list[dict]) -> dict:
 def summary(rows: list[dict]) -> list[dict]:
     """Per kind and operating point (a seed's searched points by latency rank; a depth probe by its plan)."""
     out = []
-    for kind in ("searched", "searched-kd", "random"):
-        by_seed: dict[int, list[dict]] = {}
-        for r in rows:
-            if r["kind"] == kind:
-                by_seed.setdefault(r["seed"], []).append(r)
-        for k in range(max((len(v) for v in by_seed.values()), default=0)):
-            pts = [sorted(v, key=lambda r: r["beside_speedup"])[k] for v in by_seed.values() if len(v) > k]
-            out.append({"kind": kind, "point": k, **_gap_stats(pts)})
+    variants = sorted({r["variant"] for r in rows if r["kind"] == "searched"})
+    for variant in variants:
+        for kind in ("searched", "searched-kd", "random"):
+            by_seed: dict[int, list[dict]] = {}
+            for r in rows:
+                if r["kind"] == kind and _variant_of(r, rows) == variant:
+                    by_seed.setdefault(r["seed"], []).append(r)
+            for k in range(max((len(v) for v in by_seed.values()), default=0)):
+                pts = [sorted(v, key=lambda r: r["beside_speedup"])[k] for v in by_seed.values() if len(v) > k]
+                out.append({"variant": variant, "kind": kind, "point": k, **_gap_stats(pts)})
     for tag in sorted({r["tag"] for r in rows if r["kind"] == "uniform-depth"}):
         out.append({"kind": "uniform-depth", "point": tag, **_gap_stats([r for r in rows if r.get("tag") == tag])})
     return out
+
+
+def _variant_of(row: dict, rows: list[dict]) -> str | None:
+    """A searched row's variant; a random or searched-kd row's is that of the searched point it stands beside."""
+    if "beside" not in row:
+        return row.get("variant")
+    return next((r.get("variant") for r in rows if r.get("key") == row["beside"]), None)
 
 
 def _mean(values: list) -> float | None:
@@ -344,10 +355,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="side-by-side timing rounds")
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where the cached teachers are")
     parser.add_argument("--scratch", type=Path, default=REPO / "results" / "bench-search-value")
-    parser.add_argument("--variant", default="default", help="names the search studies (search-<variant>-s<seed>) "
-                        "and the JSON; the uniform curve and random pool are shared by every variant of a task")
-    parser.add_argument("--search-space", type=Path, help="the searches' space (default: --space); the uniform "
-                        "curve and the bench rows always train with --space's refine budget")
+    parser.add_argument("--variant", nargs="+", default=["default"],
+                        help="names the search studies (search-<variant>-s<seed>) and the JSON; the uniform curve "
+                        "and random pool are shared by every variant of a task")
+    parser.add_argument("--search-space", type=Path, nargs="+",
+                        help="each variant's space (default: --space); the uniform curve and the bench rows "
+                        "always train with --space's refine budget")
     parser.add_argument("--uniform-ratios", type=float, nargs="*", default=[0.1, 0.4, 0.8],
                         help="uniform pruning ratios trained beside the space's own (the uniform curve)")
     parser.add_argument("--no-depth-probe", dest="depth_probe", action="store_false",
@@ -363,8 +376,15 @@ def main() -> int:
                         help="each searched structure again with the baselines' T and alpha")
     parser.add_argument("--train-only", action="store_true", help="train the seeds' rows, then stop (several such "
                         "processes, one per seed, can run at once; a last run without it times and reports)")
+    parser.add_argument("--study-rows", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time and score the uniform plans each search refined itself (the bench's own "
+                        "uniform rows are the curve either way)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    spaces = args.search_space or [args.space]
+    if len(spaces) not in (1, len(args.variant)):
+        parser.error(f"--search-space: give one space or one per --variant ({len(args.variant)}), got {len(spaces)}")
+    args.search_space = spaces * len(args.variant) if len(spaces) == 1 else spaces
     return run(args)
 
 
@@ -376,17 +396,18 @@ def run(args) -> int:
     from search.tasks.arrays import dataset_arrays
     from search.tasks.sealed import seal_test
 
-    out = args.out or REPO / "benchmarks" / "results" / f"search-value-{args.task}-{args.variant}.json"
+    label = "+".join(args.variant)
+    out = args.out or REPO / "benchmarks" / "results" / f"search-value-{args.task}-{label}.json"
     scratch = (args.scratch / args.task).resolve()
     share_teachers(scratch, args.results.resolve())
     task, seal = seal_test(load_task(args.task, args.results))  # test stays shut until the report
     if seal is None:
         raise BenchError(f"{args.task}: no test split to report on")
-    state_path = scratch / f"state-{args.variant}.json"  # each variant re-times all its models side by side
+    state_path = scratch / f"state-{label}.json"  # the variants of one run are re-timed side by side
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     result = header("bench_search_value.py", None)
     result.update(task=args.task, variant=args.variant, space=shown(args.space),
-                  search_space=shown(args.search_space or args.space), device=shown(args.device), seeds=args.seeds,
+                  search_space=[shown(p) for p in args.search_space], device=shown(args.device), seeds=args.seeds,
                   trials=args.trials, refine=args.refine, pool=args.pool, rounds=args.rounds, kd=KD,
                   uniform_ratios=args.uniform_ratios)
 
@@ -394,13 +415,14 @@ def run(args) -> int:
         state_path.write_text(json.dumps(state))
 
     if args.refine_epochs:  # one space file for the searches and the bench rows: the same refine budget
-        args.space, args.search_space = (_with_refine(scratch, p, args.refine_epochs) for p in
-                                         (args.space, args.search_space or args.space))
+        args.space = _with_refine(scratch, args.space, args.refine_epochs)
+        args.search_space = [_with_refine(scratch, p, args.refine_epochs) for p in args.search_space]
         result.update(refine_epochs=args.refine_epochs, space_used=shown(args.space),
-                      search_space_used=shown(args.search_space))
+                      search_space_used=[shown(p) for p in args.search_space])
     rows: list[dict] = []
     for seed in args.seeds:
-        searched = searched_rows(scratch, seed, args)
+        searched = [r for v, sp in zip(args.variant, args.search_space, strict=True)
+                    for r in searched_rows(scratch, seed, v, sp, args)]
         rows += searched + bench_rows(task, scratch, seed, searched, args)
         if not args.train_only:
             result["rows"] = rows
@@ -430,11 +452,11 @@ def run(args) -> int:
         r["beside_speedup"] = speed.get(r.get("beside", r["key"]), r["speedup"])
     result.update(rows=rows, summary=summary(rows),
                   teacher={"val": float(teacher["val"].mean()), "test": float(teacher["test"].mean())})
-    table([[s["kind"], str(s["point"]), str(s["seeds"]), f"{s['speedup_mean']:.2f}x",
+    table([[s.get("variant", "-"), s["kind"], str(s["point"]), str(s["seeds"]), f"{s['speedup_mean']:.2f}x",
             f"{s['test_change_mean']:+.2f}", _pm(s["test_gap_mean"], s["test_gap_std"]),
             "-" if s["val_gap_mean"] is None else f"{s['val_gap_mean']:+.2f}", "yes" if s["above_by_2se"] else "no"]
            for s in result["summary"]],
-          ["kind", "point", "seeds", "speedup", "test change", "test gap to uniform", "val gap", ">= 2 se"])
+          ["variant", "kind", "point", "seeds", "speedup", "test change", "test gap to uniform", "val gap", ">= 2 se"])
     write_json(out, result)
     return 0
 
