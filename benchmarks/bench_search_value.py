@@ -20,6 +20,7 @@ seed by latency rank): mean gap and its standard error over seeds.
 
     .venv/bin/python benchmarks/bench_search_value.py [--task fashion-mnist] [--seeds 0 1 2] [--trials 24]
         [--refine 6] [--pool 30] [--rounds 7] [--variant A B --search-space SPACE_A SPACE_B] [--no-study-rows]
+        [--train-only [--stage search|rows]]
         [--scratch results/bench-search-value] [--out benchmarks/results/search-value-<task>-<variant>.json]
 """
 
@@ -376,6 +377,9 @@ def main() -> int:
                         help="each searched structure again with the baselines' T and alpha")
     parser.add_argument("--train-only", action="store_true", help="train the seeds' rows, then stop (several such "
                         "processes, one per seed, can run at once; a last run without it times and reports)")
+    parser.add_argument("--stage", choices=("search", "rows"), help="with --train-only: train only the searches, "
+                        "or only the bench rows (two processes can then share one seed; rows beside searched "
+                        "points still need the searches)")
     parser.add_argument("--study-rows", action=argparse.BooleanOptionalAction, default=True,
                         help="also time and score the uniform plans each search refined itself (the bench's own "
                         "uniform rows are the curve either way)")
@@ -385,6 +389,8 @@ def main() -> int:
     if len(spaces) not in (1, len(args.variant)):
         parser.error(f"--search-space: give one space or one per --variant ({len(args.variant)}), got {len(spaces)}")
     args.search_space = spaces * len(args.variant) if len(spaces) == 1 else spaces
+    if args.stage and not args.train_only:
+        parser.error("--stage: only with --train-only (the report needs every stage)")
     return run(args)
 
 
@@ -420,10 +426,12 @@ def run(args) -> int:
         result.update(refine_epochs=args.refine_epochs, space_used=shown(args.space),
                       search_space_used=[shown(p) for p in args.search_space])
     rows: list[dict] = []
+    beside = bool(args.pool or args.recipe_rows)  # bench rows that stand beside searched points
     for seed in args.seeds:
-        searched = [r for v, sp in zip(args.variant, args.search_space, strict=True)
-                    for r in searched_rows(scratch, seed, v, sp, args)]
-        rows += searched + bench_rows(task, scratch, seed, searched, args)
+        searched = [] if args.stage == "rows" and not beside else [
+            r for v, sp in zip(args.variant, args.search_space, strict=True)
+            for r in searched_rows(scratch, seed, v, sp, args)]
+        rows += searched + ([] if args.stage == "search" else bench_rows(task, scratch, seed, searched, args))
         if not args.train_only:
             result["rows"] = rows
             write_json(out, result)
