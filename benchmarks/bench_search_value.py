@@ -53,7 +53,7 @@ def searched_rows(scratch: Path, seed: int, variant: str, space: Path, args) -> 
     by_number = {r.number: r for r in view.trials}
     rows = []
     for r in view.trials:
-        if r.refined_from is None or r.state != "COMPLETE" or not r.onnx_artifact:
+        if r.refined_from is None or r.budget == "promote" or r.state != "COMPLETE" or not r.onnx_artifact:
             continue
         origin = trial_origin(r, by_number)
         kind = "searched" if origin in ("sampled", "allocated") else f"study-{origin}"

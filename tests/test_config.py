@@ -59,6 +59,7 @@ BROKEN = [
     ("space", "quantization: {bits: [32, 3]}\n", "quantization.bits[1]: Input should be 32, 16, 8 or 4"),
     ("space", "quantization: {bits: []}\n", "quantization.bits: Tuple should have at least 1 item"),
     ("space", "distillation: {temperature: {low: 4, high: 1}}\n", "distillation.temperature: low (4.0) must be <= high (1.0)"),
+    ("space", "distillation: {promote: {candidates: 1}}\n", "distillation.promote.candidates: Input should be greater than or equal to 2"),
     ("space", "distillation: {temperature: {low: 0, high: 4, log: true}}\n", "log-scale range needs low > 0"),
     ("space", "distillation: {budget: {epochs: 1, steps: 10}}\n", "distillation.budget: give exactly one of epochs or steps"),
     ("space", "distillation: {lr: 0}\n", "distillation.lr: Input should be greater than 0"),

@@ -48,11 +48,20 @@ class TrainBudget(_Strict):
         return self
 
 
+class Promote(_Strict):
+    """Successive halving before refinement: each latency band's `candidates` best explore points are retrained
+    with `budget` (a middle rung), and the band's refinement goes to the best of them on that rung."""
+
+    candidates: int = Field(3, ge=2, le=20, description="explore points promoted per latency band")
+    budget: TrainBudget = TrainBudget(epochs=1)
+
+
 class Distillation(_Strict):
     temperature: FloatRange = FloatRange(low=1.0, high=8.0, log=True)
     alpha: FloatRange = FloatRange(low=0.0, high=0.7)
     budget: TrainBudget = TrainBudget(epochs=1, max_samples=20_000)
     refine: TrainBudget = TrainBudget(epochs=3)
+    promote: Promote | None = None  # none: each band's refinement goes to its best explore point
     lr: float = Field(3e-3, gt=0, le=10)
     batch_size: int = Field(128, ge=1, le=65_536)
 

@@ -66,7 +66,8 @@ def quant_share(record: TrialRecord) -> float:
 INTEGER_KERNELS = ("int8", "int8-dynamic", "int4")
 
 
-_BUDGET_FIELDS = {"explore": "budget", "refine": "refine"}  # T_BUDGET name -> the space's distillation field
+# T_BUDGET name -> where the space's distillation section keeps that budget
+_BUDGET_FIELDS = {"explore": ("budget",), "refine": ("refine",), "promote": ("promote", "budget")}
 
 
 def budget_label(record: TrialRecord, space: Mapping[str, Any] | None) -> str:
@@ -78,7 +79,9 @@ def budget_label(record: TrialRecord, space: Mapping[str, Any] | None) -> str:
     if not record.trained:
         return "none"
     name = record.budget or ("refine" if record.refined_from is not None else "explore")
-    b = ((space or {}).get("distillation") or {}).get(_BUDGET_FIELDS.get(name, name)) or {}
+    b = (space or {}).get("distillation") or {}
+    for key in _BUDGET_FIELDS.get(name, (name,)):
+        b = (b or {}).get(key) or {}
     length = f" {b['epochs']:g} ep" if b.get("epochs") is not None else (
         f" {b['steps']} steps" if b.get("steps") is not None else "")
     return f"{name}{length}" + (f" ≤{b['max_samples']}" if b.get("max_samples") else "")
@@ -108,7 +111,7 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin
         "quant_share": quant_share(record) if record.plan else math.nan,
         "temperature": summary.get("temperature", math.nan),
         "baseline": record.baseline or "",
-        "refined": record.refined_from is not None,
+        "refined": record.refined_from is not None and record.budget != "promote",
         "origin": origin,
         "budget": budget,
         "feasible": is_feasible(record),

@@ -55,8 +55,8 @@ def _hover(row: pd.Series, rec: TrialRecord | None, metric: str = "top-1", perce
     parts += [f"latency {row.latency_ms:.4g} ms ({row.speedup:.2f}x)", f"memory {row.memory_mb:.3g} MB",
              f"pruned {row.mean_prune:.0%} mean (applied), {row.quant_share:.0%} layers run integer kernels",
              f"T {row.temperature:.3g}, alpha {plan.get('alpha', math.nan):.2f}"]
-    if row.refined:
-        parts.append(f"refined from trial {rec.refined_from if rec else '?'}")
+    if rec is not None and rec.refined_from is not None:
+        parts.append(f"{'promoted' if rec.budget == 'promote' else 'refined'} from trial {rec.refined_from}")
     if not row.feasible:
         parts.append("infeasible")
     return "<br>".join(parts)

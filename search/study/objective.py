@@ -139,9 +139,12 @@ class Objective:
             shutil.rmtree(work, ignore_errors=True)
 
     def _budget(self, trial: optuna.Trial):
-        refine = trial.user_attrs.get(T_BUDGET) == "refine"
-        d = self.ctx.space.distillation
-        return ("refine", d.refine) if refine else ("explore", d.budget)
+        name, d = trial.user_attrs.get(T_BUDGET), self.ctx.space.distillation
+        if name == "refine":
+            return "refine", d.refine
+        if name == "promote" and d.promote is not None:  # successive halving's middle rung (search.study.refine)
+            return "promote", d.promote.budget
+        return "explore", d.budget
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
         from search.compress import Reexport, compare, distill, export_onnx, prune, runs_as

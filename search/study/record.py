@@ -43,8 +43,8 @@ T_PLAN = "plan"  # Plan.to_dict()
 T_BASELINE = "baseline"  # one of BASELINES
 T_SEEDED = "seeded"  # the latency target (fraction of the teacher's) a sensitivity-allocated plan was solved for
 T_PREDICTED = "predicted"  # what the additive sensitivity model predicted for a seeded plan
-T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer budget
-T_BUDGET = "budget"  # "explore" | "refine"
+T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer (refine or promote) budget
+T_BUDGET = "budget"  # "explore" | "promote" | "refine"
 T_TRAINED = "trained"  # False when hardware-first skipping skipped distillation
 T_FEASIBLE = "feasible"
 T_CONSTRAINTS = "constraints"  # {name: value}; feasible when every value <= 0

@@ -33,7 +33,7 @@ from search.study.record import (
     T_REFINED_FROM,
     T_SEEDED,
 )
-from search.study.refine import enqueue_refinements
+from search.study.refine import enqueue_promotions, enqueue_refinements
 from search.study.settings import RunSettings
 from search.study.stops import CtrlC, FailureStreak, check_stop, disk_full_stop
 from search.study.storage import make_sampler, open_storage
@@ -265,10 +265,12 @@ class _Run:
                 time.sleep(0.5)
 
     def _refine(self) -> None:
-        for _ in range(enqueue_refinements(self.study, self.s.refine)):
-            if not self._in_time():
-                return
-            self._one_trial()
+        promote = self.space.distillation.promote
+        for enqueue in (enqueue_promotions, enqueue_refinements):  # promotions first: they decide the bands' picks
+            for _ in range(enqueue(self.study, self.s.refine, promote)):
+                if not self._in_time():
+                    return
+                self._one_trial()
 
 
 def run_study(settings: RunSettings) -> StudyRun:
