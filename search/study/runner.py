@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -264,10 +265,24 @@ class _Run:
                 self.bar.refresh()
                 time.sleep(0.5)
 
+    def _owed(self, enqueue, promote) -> int:
+        """Trials waiting once `enqueue` has queued what is owed. A promotion or refinement still RUNNING here
+        was left by a dead process (refinement runs on worker 0 after the others): wait until its heartbeat
+        goes stale and it comes back WAITING, since it is owed like the rest (queueing again is idempotent)."""
+        running = optuna.trial.TrialState.RUNNING
+        while is_heartbeat_enabled(self.storage) and self._in_time() and any(
+                not _explore(t) for t in self.study.get_trials(deepcopy=False, states=(running,))):
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+            self.bar.refresh()
+            time.sleep(1.0)
+        return enqueue(self.study, self.s.refine, promote)
+
     def _refine(self) -> None:
         promote = self.space.distillation.promote
         for enqueue in (enqueue_promotions, enqueue_refinements):  # promotions first: they decide the bands' picks
-            for _ in range(enqueue(self.study, self.s.refine, promote)):
+            while self._owed(enqueue, promote):  # re-counted after every trial
                 if not self._in_time():
                     return
                 self._one_trial()
