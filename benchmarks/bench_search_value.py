@@ -41,13 +41,13 @@ MATCH = 0.05  # a random plan stands beside a searched point when its untrained 
 BENCH_TAG = "bench"  # trial user attribute: which bench row a trial trains
 
 
-def searched_rows(scratch: Path, seed: int, variant: str, space: Path, args) -> list[dict]:
+def searched_rows(scratch: Path, seed: int, variant: str, space: Path, trials: int, args) -> list[dict]:
     """Run (or resume) search `variant` (with `space`) of seed `seed`; its refined points, tagged by origin."""
     import search
     from search.study.record import trial_origin
 
     name = f"search-{variant}-s{seed}"
-    search.run(args.task, space, args.device, args.trials, name, results=scratch, seed=seed,
+    search.run(args.task, space, args.device, trials, name, results=scratch, seed=seed,
                refine=args.refine, progress=True, write_outputs=False)
     view = open_study(name, scratch)
     by_number = {r.number: r for r in view.trials}
@@ -350,7 +350,9 @@ def main() -> int:
     parser.add_argument("--space", type=Path, default=REPO / "spaces" / "default.yaml")
     parser.add_argument("--device", type=Path, default=REPO / "device_profiles" / "local-1core.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=24, help="explore trials of each search")
+    parser.add_argument("--trials", type=int, nargs="+", default=[24], help="explore trials of each search (one, "
+                        "or one per --variant: a variant that spends compute elsewhere, e.g. on promotions, gets "
+                        "fewer at equal total compute)")
     parser.add_argument("--refine", type=int, default=6, help="refinements of each search (2 per latency band)")
     parser.add_argument("--pool", type=int, default=30, help="random plans measured per seed (0: no random rows)")
     parser.add_argument("--rounds", type=int, default=7, help="side-by-side timing rounds")
@@ -389,6 +391,9 @@ def main() -> int:
     if len(spaces) not in (1, len(args.variant)):
         parser.error(f"--search-space: give one space or one per --variant ({len(args.variant)}), got {len(spaces)}")
     args.search_space = spaces * len(args.variant) if len(spaces) == 1 else spaces
+    if len(args.trials) not in (1, len(args.variant)):
+        parser.error(f"--trials: give one count or one per --variant ({len(args.variant)}), got {len(args.trials)}")
+    args.trials = args.trials * len(args.variant) if len(args.trials) == 1 else args.trials
     if args.stage and not args.train_only:
         parser.error("--stage: only with --train-only (the report needs every stage)")
     return run(args)
@@ -429,8 +434,8 @@ def run(args) -> int:
     beside = bool(args.pool or args.recipe_rows)  # bench rows that stand beside searched points
     for seed in args.seeds:
         searched = [] if args.stage == "rows" and not beside else [
-            r for v, sp in zip(args.variant, args.search_space, strict=True)
-            for r in searched_rows(scratch, seed, v, sp, args)]
+            r for v, sp, n in zip(args.variant, args.search_space, args.trials, strict=True)
+            for r in searched_rows(scratch, seed, v, sp, n, args)]
         rows += searched + ([] if args.stage == "search" else bench_rows(task, scratch, seed, searched, args))
         if not args.train_only:
             result["rows"] = rows
