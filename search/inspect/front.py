@@ -16,6 +16,7 @@ import pandas as pd
 from search.plan import Plan
 from search.study.pareto import front_numbers, is_feasible
 from search.study.record import (
+    B_PROMOTE,
     OBJECTIVES,
     S_SPACE,
     S_TEACHER,
@@ -67,7 +68,7 @@ INTEGER_KERNELS = ("int8", "int8-dynamic", "int4")
 
 
 # T_BUDGET name -> where the space's distillation section keeps that budget
-_BUDGET_FIELDS = {"explore": ("budget",), "refine": ("refine",), "promote": ("promote", "budget")}
+_BUDGET_FIELDS = {"explore": ("budget",), "refine": ("refine",), B_PROMOTE: ("promote", "budget")}
 
 
 def budget_label(record: TrialRecord, space: Mapping[str, Any] | None) -> str:
@@ -111,7 +112,7 @@ def _row(record: TrialRecord, teacher: Mapping[str, Any], on_front: bool, origin
         "quant_share": quant_share(record) if record.plan else math.nan,
         "temperature": summary.get("temperature", math.nan),
         "baseline": record.baseline or "",
-        "refined": record.refined_from is not None and record.budget != "promote",
+        "refined": record.refined_from is not None and record.budget != B_PROMOTE,
         "origin": origin,
         "budget": budget,
         "feasible": is_feasible(record),

@@ -18,7 +18,17 @@ from search.compress.bits import BITS_TO_PRECISION
 from search.inspect.front import Reference, hypervolume_history, reference_point
 from search.inspect.seeded import seeded_section, units_section
 from search.metrics import points, show
-from search.study.record import BASELINES, O_ALLOCATED, O_BASELINE, O_SAMPLED, O_UNIFORM, S_LAYERS, S_SPACE, TrialRecord
+from search.study.record import (
+    B_PROMOTE,
+    BASELINES,
+    O_ALLOCATED,
+    O_BASELINE,
+    O_SAMPLED,
+    O_UNIFORM,
+    S_LAYERS,
+    S_SPACE,
+    TrialRecord,
+)
 from search.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,7 +66,7 @@ def _hover(row: pd.Series, rec: TrialRecord | None, metric: str = "top-1", perce
              f"pruned {row.mean_prune:.0%} mean (applied), {row.quant_share:.0%} layers run integer kernels",
              f"T {row.temperature:.3g}, alpha {plan.get('alpha', math.nan):.2f}"]
     if rec is not None and rec.refined_from is not None:
-        parts.append(f"{'promoted' if rec.budget == 'promote' else 'refined'} from trial {rec.refined_from}")
+        parts.append(f"{'promoted' if rec.budget == B_PROMOTE else 'refined'} from trial {rec.refined_from}")
     if not row.feasible:
         parts.append("infeasible")
     return "<br>".join(parts)

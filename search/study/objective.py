@@ -18,6 +18,7 @@ from search.errors import TrialFailure, disk_full
 from search.measure.accuracy import onnx_accuracy
 from search.study.context import Context
 from search.study.record import (
+    B_PROMOTE,
     C_MAX_DROP,
     C_MIN_ACCURACY,
     T_BASELINE,
@@ -142,8 +143,8 @@ class Objective:
         name, d = trial.user_attrs.get(T_BUDGET), self.ctx.space.distillation
         if name == "refine":
             return "refine", d.refine
-        if name == "promote" and d.promote is not None:  # successive halving's middle rung (search.study.refine)
-            return "promote", d.promote.budget
+        if name == B_PROMOTE and d.promote is not None:
+            return B_PROMOTE, d.promote.budget
         return "explore", d.budget
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:

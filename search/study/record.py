@@ -45,6 +45,7 @@ T_SEEDED = "seeded"  # the latency target (fraction of the teacher's) a sensitiv
 T_PREDICTED = "predicted"  # what the additive sensitivity model predicted for a seeded plan
 T_REFINED_FROM = "refined_from"  # trial number this one retrains with the longer (refine or promote) budget
 T_BUDGET = "budget"  # "explore" | "promote" | "refine"
+B_PROMOTE = "promote"  # T_BUDGET of a promotion: successive halving's middle rung (search.study.refine)
 T_TRAINED = "trained"  # False when hardware-first skipping skipped distillation
 T_FEASIBLE = "feasible"
 T_CONSTRAINTS = "constraints"  # {name: value}; feasible when every value <= 0

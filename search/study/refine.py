@@ -15,6 +15,7 @@ from search.config.space import Promote
 from search.study.pareto import is_feasible, pareto_layers
 from search.study.record import (
     ACCURACY_CONSTRAINTS,
+    B_PROMOTE,
     OBJECTIVES,
     T_BASELINE,
     T_BUDGET,
@@ -26,7 +27,6 @@ from search.study.record import (
 )
 
 LATENCY = OBJECTIVES.index("latency_ms")  # in a trial's values
-PROMOTE = "promote"  # T_BUDGET of a promotion (the middle rung)
 
 
 def _within_budgets(t: optuna.trial.FrozenTrial) -> bool:
@@ -65,7 +65,7 @@ def _top(band: list, n: int) -> list:
 
 
 def is_promotion(t: optuna.trial.FrozenTrial) -> bool:
-    return t.user_attrs.get(T_BUDGET) == PROMOTE
+    return t.user_attrs.get(T_BUDGET) == B_PROMOTE
 
 
 def _promoted(study: optuna.Study) -> dict[int, float]:
@@ -128,8 +128,9 @@ def pick_promote(study: optuna.Study, k: int, promote: int) -> list[optuna.trial
 
 def _candidates(study: optuna.Study, k: int) -> tuple[list[list], list, tuple[list, list]]:
     """The searched candidates in bands, the uniform envelope, and (fast, slow) pools for the slots left."""
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    done = {t.user_attrs.get(T_REFINED_FROM) for t in study.get_trials(deepcopy=False) if not is_promotion(t)}
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if t.state == optuna.trial.TrialState.COMPLETE]
+    done = {t.user_attrs.get(T_REFINED_FROM) for t in every if not is_promotion(t)}
     pool = [t for t in trials if t.user_attrs.get(T_TRAINED) and _within_budgets(t)
             and t.number not in done and t.user_attrs.get(T_REFINED_FROM) is None]
     free = [t.values[LATENCY] for t in trials
@@ -145,10 +146,10 @@ def _candidates(study: optuna.Study, k: int) -> tuple[list[list], list, tuple[li
     return bands, envelope, (fast, [t for t in pool if t.values[LATENCY] >= fastest_free])
 
 
-def queue_refinement(study: optuna.Study, ft: optuna.trial.FrozenTrial) -> None:
-    """Queue `ft`'s plan again with the refine budget, marked as its refinement."""
+def queue_refinement(study: optuna.Study, ft: optuna.trial.FrozenTrial, budget: str = "refine") -> None:
+    """Queue `ft`'s plan again with the `budget` (refine, or B_PROMOTE), marked as retraining it."""
     baseline = {T_BASELINE: ft.user_attrs[T_BASELINE]} if T_BASELINE in ft.user_attrs else {}
-    study.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: "refine", **baseline})
+    study.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: budget, **baseline})
 
 
 def _owed(study: optuna.Study, k: int) -> int:
@@ -165,8 +166,7 @@ def enqueue_promotions(study: optuna.Study, k: int, promote: Promote | None) -> 
     """Queue the promotions the K refinements' bands still need; returns how many trials are waiting."""
     if promote is not None:
         for ft in pick_promote(study, _owed(study, k), promote.candidates):
-            baseline = {T_BASELINE: ft.user_attrs[T_BASELINE]} if T_BASELINE in ft.user_attrs else {}
-            study.enqueue_trial(ft.params, user_attrs={T_REFINED_FROM: ft.number, T_BUDGET: PROMOTE, **baseline})
+            queue_refinement(study, ft, B_PROMOTE)
     return _waiting(study)
 
 

@@ -265,7 +265,7 @@ class _Run:
                 self.bar.refresh()
                 time.sleep(0.5)
 
-    def _owed(self, enqueue, promote) -> int:
+    def _queue_owed(self, enqueue, promote) -> int:
         """Trials waiting once `enqueue` has queued what is owed. A promotion or refinement still RUNNING here
         was left by a dead process (refinement runs on worker 0 after the others): wait until its heartbeat
         goes stale and it comes back WAITING, since it is owed like the rest (queueing again is idempotent)."""
@@ -282,7 +282,7 @@ class _Run:
     def _refine(self) -> None:
         promote = self.space.distillation.promote
         for enqueue in (enqueue_promotions, enqueue_refinements):  # promotions first: they decide the bands' picks
-            while self._owed(enqueue, promote):  # re-counted after every trial
+            while self._queue_owed(enqueue, promote):  # re-counted after every trial
                 if not self._in_time():
                     return
                 self._one_trial()
