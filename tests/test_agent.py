@@ -125,6 +125,7 @@ def test_bad_parameters_are_400(server):
     assert status == 409  # a reference the agent does not hold: the client re-uploads it
 
 
+@pytest.mark.timing
 def test_remote_measurement_matches_the_local_record(server, client):
     m = models()
     backend = client()

@@ -15,7 +15,7 @@ from search.config.profile import DeviceProfile
 from search.measure import runner
 from search.measure.local import LocalBackend
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 # Training threads on every core the measurement may use (its pinned core is the last allowed one): the
 # measured core is always contended unless the steps pause.

@@ -17,6 +17,8 @@ from search.errors import TrialFailure, UserError
 from search.measure import Measurement, get_backend, runner
 from search.measure.local import LocalBackend, host_memory_mb, memory_limit_mb
 
+pytestmark = pytest.mark.timing  # same-round ratios and their spread: timed alone (make test)
+
 
 def profile(budgets: dict | None = None, **measure: object) -> DeviceProfile:
     """local-1core: one pinned thread, batch 1; modest repeats keep the suite quick."""
