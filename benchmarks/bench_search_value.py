@@ -73,6 +73,7 @@ class BenchStudy:
         import optuna
 
         from search.config import load_profile, load_space
+        from search.config.profile import Budgets
         from search.study.objective import Objective
         from search.study.record import DIRECTIONS, S_ARTIFACTS
         from search.study.setup import build_context
@@ -83,6 +84,9 @@ class BenchStudy:
         self.study = optuna.create_study(study_name=self.name, storage=f"sqlite:///{self.folder / 'study.db'}",
                                          directions=list(DIRECTIONS), load_if_exists=True)
         space, profile = load_space(args.space), load_profile(args.device)
+        # Every row is trained: a budget broken by a latency recorded beside another process's training would
+        # otherwise leave a uniform point untrained (the retime stage re-measures every row alone anyway).
+        profile = profile.model_copy(update={"budgets": Budgets()})
         # Depth allowed: the probe rows remove blocks. The uniform curve is denser than the space's staircase
         # (--uniform-ratios): the simple recipe may prune by any ratio, so the search is compared with its best.
         self.search_ratios = [float(r) for r in space.pruning.ratios]  # what the random plans draw from
@@ -99,10 +103,14 @@ class BenchStudy:
         self.objective = Objective(self.ctx, store)
 
     def done(self) -> dict[str, int]:
+        """Finished rows by tag: trained, or with nothing to train (the teacher's PTQ); the latest wins."""
         import optuna
 
+        from search.study.record import T_PLAN, T_TRAINED
+
         return {t.user_attrs[BENCH_TAG]: t.number for t in self.study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if BENCH_TAG in t.user_attrs}
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)) if BENCH_TAG in t.user_attrs
+            and (t.user_attrs.get(T_TRAINED) or not any(t.user_attrs.get(T_PLAN, {}).get("prune", {}).values()))}
 
     def train(self, tag: str, params: dict) -> int:
         """Train `params` with the refine budget as the trial tagged `tag` (the finished one when it exists)."""
@@ -169,7 +177,13 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     rows = [{"seed": seed, "kind": "uniform", "tag": name, "params": params} for name, params in uniform.items()
             if (is_uniform(name) or name == "teacher-int8")
             and (args.int8_curve if name.endswith("int8") else args.fp32_curve)]
-    rows += depth_rows(uniform, ctx.layers.droppable, seed) if args.depth_probe else []
+    precisions = [b for b, on in ((32, args.fp32_curve), (8, args.int8_curve)) if on]
+    for spec in args.depth_sets if args.depth_probe else []:
+        removed = ctx.layers.droppable if spec == "all" else spec.split("+")
+        if unknown := sorted(set(removed) - set(ctx.layers.droppable)):
+            raise BenchError(f"--depth-sets: {', '.join(unknown)} cannot be removed whole (removable: "
+                             f"{', '.join(ctx.layers.droppable) or 'none'})")
+        rows += depth_rows(uniform, removed, seed, args.depth_widths, precisions)
     pool = bench.random_pool(args.pool, seed) if searched and args.pool else []  # --pool 0: no random rows
     used: set[int] = set()
     for s in (r for r in searched if r["kind"] == "searched"):
@@ -192,22 +206,25 @@ def bench_rows(task, scratch: Path, seed: int, searched: list[dict], args) -> li
     return rows
 
 
-DEPTH_WIDTHS = (0.5, 0.7)  # the uniform widths the depth probe removes every removable block at (fp32)
+DEPTH_WIDTHS = (0.5, 0.7)  # the uniform widths the depth probe removes every removable block at
 
 
-def depth_rows(uniform: dict[str, dict], droppable: list[str], seed: int) -> list[dict]:
-    """Uniform width plus removed blocks (depth), fp32, with the baselines' recipe: every removable block at
-    each of DEPTH_WIDTHS. Not a search: a probe of whether depth buys latency the width staircase does not."""
+def depth_rows(uniform: dict[str, dict], droppable: list[str], seed: int, widths=DEPTH_WIDTHS,
+               precisions=(32,)) -> list[dict]:
+    """Uniform width plus removed blocks (depth), in each precision of the uniform curve, with the baselines'
+    recipe: every removable block at each width. Not a search: a probe of whether depth buys latency the width
+    staircase does not (at a fast end where per-operator overhead, which width does not touch, dominates)."""
     from search.study.sampling import DROP, uniform_name
 
     out = []
-    for width in DEPTH_WIDTHS:
-        base = uniform.get(uniform_name(width, 32))
-        if base is None or not droppable:
-            continue
-        tag = f"{uniform_name(width, 32)}-drop-{'+'.join(droppable)}"
-        out.append({"seed": seed, "kind": "uniform-depth", "tag": tag,
-                    "params": {**base, **{f"prune.{b}": DROP for b in droppable}}})
+    for width in widths:
+        for b in precisions:
+            base = uniform.get(uniform_name(width, b))
+            if base is None or not droppable:
+                continue
+            tag = f"{uniform_name(width, b)}-drop-{'+'.join(droppable)}"
+            out.append({"seed": seed, "kind": "uniform-depth", "tag": tag,
+                        "params": {**base, **{f"prune.{blk}": DROP for blk in droppable}}})
     return out
 
 
@@ -368,6 +385,14 @@ def main() -> int:
                         help="uniform pruning ratios trained beside the space's own (the uniform curve)")
     parser.add_argument("--no-depth-probe", dest="depth_probe", action="store_false",
                         help="skip the uniform plans with removed blocks")
+    parser.add_argument("--depth-widths", type=float, nargs="+", default=list(DEPTH_WIDTHS),
+                        help="the uniform widths the depth probe removes every removable block at (each a ratio "
+                        "of the uniform curve)")
+    parser.add_argument("--depth-sets", nargs="+", default=["all"], metavar="BLOCKS",
+                        help="the block sets the depth probe removes: 'all' (every removable block) or blocks "
+                        "joined by '+' (stages.0.1+stages.1.1)")
+    parser.add_argument("--no-search", dest="search", action="store_false",
+                        help="no search studies: only the uniform curve and the depth probe (a recipe probe)")
     parser.add_argument("--refine-epochs", type=float, help="refine budget (epochs over the whole training set) "
                         "for every row and the searches' own refinements, instead of the space's")
     parser.add_argument("--int8-curve", action=argparse.BooleanOptionalAction, default=True,
@@ -420,7 +445,9 @@ def run(args) -> int:
     result.update(task=args.task, variant=args.variant, space=shown(args.space),
                   search_space=[shown(p) for p in args.search_space], device=shown(args.device), seeds=args.seeds,
                   trials=args.trials, refine=args.refine, pool=args.pool, rounds=args.rounds, kd=KD,
-                  uniform_ratios=args.uniform_ratios)
+                  uniform_ratios=args.uniform_ratios, search=args.search,
+                  depth_widths=args.depth_widths if args.depth_probe else [],
+                  depth_sets=args.depth_sets if args.depth_probe else [])
 
     def save() -> None:
         state_path.write_text(json.dumps(state))
@@ -433,7 +460,7 @@ def run(args) -> int:
     rows: list[dict] = []
     beside = bool(args.pool or args.recipe_rows)  # bench rows that stand beside searched points
     for seed in args.seeds:
-        searched = [] if args.stage == "rows" and not beside else [
+        searched = [] if not args.search or (args.stage == "rows" and not beside) else [
             r for v, sp, n in zip(args.variant, args.search_space, args.trials, strict=True)
             for r in searched_rows(scratch, seed, v, sp, n, args)]
         rows += searched + ([] if args.stage == "search" else bench_rows(task, scratch, seed, searched, args))
