@@ -44,8 +44,8 @@ def main() -> int:
     parser.add_argument("--results", type=Path, default=REPO / "results", help="where the cached teachers are")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bn-rank.json")
     args = parser.parse_args()
-    from search.study.allocate import additive
-    from search.study.standalone import sensitivity
+    from search.seeding.allocate import additive
+    from search.seeding.standalone import sensitivity
 
     views = {name: open_study(name, args.source) for name in args.studies}
     for name, view in views.items():

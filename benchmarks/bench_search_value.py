@@ -125,7 +125,7 @@ class BenchStudy:
 
     def random_pool(self, n: int, seed: int) -> list[dict]:
         """`n` random per-unit plans (the space's choices, uniformly), each with its untrained latency."""
-        from search.study.sensitivity import PlanMeter
+        from search.seeding.sensitivity import PlanMeter
 
         path = self.folder / "random-pool.json"
         pool = json.loads(path.read_text()) if path.is_file() else []

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_dashboard(sub)
 
-    from search.study.sensitivity_commands import register as register_sensitivity  # parser only: no torch
+    from search.seeding.commands import register as register_sensitivity  # parser only: no torch
 
     register_sensitivity(sub)
 

@@ -109,7 +109,7 @@ def make_context(task, folder: Path, space_text: str = SPACE, seed: int = 0):
 
 @functools.cache
 def _run(digits_task):
-    from search.study.sensitivity import measure_sensitivity
+    from search.seeding.sensitivity import measure_sensitivity
 
     folder = Path(tempfile.mkdtemp(prefix="hwsearch-sens-"))
     atexit.register(shutil.rmtree, folder, True)

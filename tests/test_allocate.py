@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from _sensitivity_fixtures import signal_sensitivity
 
-from search.study.allocate import allocate, allocate_many, calibrate, options, seeded_trials
-from search.study.sensitivity import Sensitivity, SensitivityRow
+from search.seeding.allocate import allocate, allocate_many, calibrate, options, seeded_trials
+from search.seeding.sensitivity import Sensitivity, SensitivityRow
 
 
 def _table(groups: dict[str, list[tuple[float, ...]]], teacher_ms: float = 10.0,

@@ -65,7 +65,7 @@ def test_rows_latency_and_bits(digits_task):
 
 
 def test_cached_table_is_reused_without_measuring(digits_task, capsys):
-    from search.study.sensitivity import Sensitivity, cache_path, load_cached, measure_sensitivity
+    from search.seeding.sensitivity import Sensitivity, cache_path, load_cached, measure_sensitivity
 
     ctx, first, _ = signal_sensitivity(digits_task)
     hits, misses = ctx.cache.hits, ctx.cache.misses
@@ -89,7 +89,7 @@ def test_cached_table_is_reused_without_measuring(digits_task, capsys):
 def test_bn_reestimation_reuses_structures_and_keys_apart(digits_task):
     """BatchNorm re-estimation changes weights, not structures: every measurement comes from the cache; the
     table is cached under another key; the dead channels still cost nothing."""
-    from search.study.sensitivity import measure_sensitivity
+    from search.seeding.sensitivity import measure_sensitivity
 
     ctx, plain, _ = signal_sensitivity(digits_task)
     misses = ctx.cache.misses
@@ -182,7 +182,7 @@ def test_seed_plans_enqueue_allocated_plans_and_report_predicted_vs_measured(tmp
     assert "seeded plans" in first.stderr and "search units:" in first.stderr
     cached = list((results / "sensitivity").glob("sensitivity-*.json"))
     assert len(cached) == 1
-    from search.study.sensitivity import DEFAULT_BN_BATCHES  # the stage re-estimates BatchNorm (bn-rank.json)
+    from search.seeding.sensitivity import DEFAULT_BN_BATCHES  # the stage re-estimates BatchNorm (bn-rank.json)
 
     assert json.loads(cached[0].read_text())["bn_batches"] == DEFAULT_BN_BATCHES > 0
     view = load_study("seeded", results=results)
@@ -247,7 +247,7 @@ def test_the_table_key_names_where_it_was_measured_and_with_what(digits_task):
     from search.config import load_profile
     from search.config.space import SearchSpace
     from search.measure.runner import describe_device
-    from search.study.sensitivity import measured_on, sensitivity_key
+    from search.seeding.sensitivity import measured_on, sensitivity_key
 
     local = load_profile("local-1core")
     here = measured_on(local)
@@ -265,8 +265,8 @@ def test_the_table_key_names_where_it_was_measured_and_with_what(digits_task):
 def test_the_table_shows_a_non_percent_metric_in_its_own_unit():
     """A regression task's table: the metric's value and drop in its unit (accuracy_drop holds 100 x the
     difference), not a percentage."""
-    from search.study.sensitivity import Sensitivity, SensitivityRow
-    from search.study.sensitivity_commands import format_table
+    from search.seeding.commands import format_table
+    from search.seeding.sensitivity import Sensitivity, SensitivityRow
 
     row = SensitivityRow(layers=("fc",), unit="fc", kind="prune", value=0.5, accuracy=-0.62, accuracy_drop=2.0,
                          latency_ms=0.01, latency_saved_ms=0.002, latency_saved_frac=0.2, memory_mb=10.0,

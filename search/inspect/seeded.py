@@ -25,7 +25,7 @@ def seeded_table(records: list[TrialRecord]) -> pd.DataFrame:
     distillation."""
     import pandas as pd
 
-    from search.study.allocate import TOLERANCE
+    from search.seeding.allocate import TOLERANCE
 
     rows = []
     for r in records:

@@ -170,8 +170,8 @@ class _Run:
         """Sensitivity first (cached per task, profile, space and seed under results/sensitivity/, so a resumed
         or repeated study does not pay again), then one plan per latency target, after the baselines. A plan
         equal to a baseline is that baseline's trial: it is named in the allocation record, not run twice."""
-        from search.study.allocate import seeded_trials, span_targets
-        from search.study.sensitivity import PlanMeter, measure_sensitivity
+        from search.seeding.allocate import seeded_trials, span_targets
+        from search.seeding.sensitivity import PlanMeter, measure_sensitivity
 
         if any(T_SEEDED in t.user_attrs for t in self.study.get_trials(deepcopy=False)):
             return  # seeded when it began: a resume must not add plans from a table measured anew

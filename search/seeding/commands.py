@@ -1,4 +1,4 @@
-"""`hwsearch sensitivity`: parse, call search.study.standalone.sensitivity, print the table (or JSON)."""
+"""`hwsearch sensitivity`: parse, call search.seeding.standalone.sensitivity, print the table (or JSON)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from search.config import load_profile
-    from search.study.allocate import allocate_many
-    from search.study.standalone import sensitivity
+    from search.seeding.allocate import allocate_many
+    from search.seeding.standalone import sensitivity
 
     s = sensitivity(args.task, args.space, args.device, study=args.study, results=args.results, seed=args.seed,
                     bn_batches=args.bn_batches, refresh=args.refresh, data_dir=args.data_dir, train_on=args.train_on,

@@ -1,6 +1,6 @@
 """Allocation: per-unit pruning ratios and bit-widths that cost the least accuracy under a latency target.
 
-From a sensitivity table (`search.study.sensitivity`), every study parameter (`prune.<unit>`, `bits.<unit>`) is
+From a sensitivity table (`search.seeding.sensitivity`), every study parameter (`prune.<unit>`, `bits.<unit>`) is
 one group of a multiple-choice knapsack: it takes exactly one of its values, the teacher's (ratio 0, 32 bits:
 no cost, no saving) or a measured one (cost = its accuracy drop in points, floored at 0 so that the noise of a
 change that happened to score higher cannot pay for a real loss; saving = the latency it saved alone). The
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from search.study.sensitivity import Sensitivity
+from search.seeding.sensitivity import Sensitivity
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.7, 0.5, 0.4, 0.33)
 _TOL = 1e-9

@@ -6,7 +6,7 @@ exported and quantized with the same calls a trial makes, its val top-1 is compu
 training; `bn_batches` > 0 re-estimates BatchNorm statistics of a pruned variant on that many training batches
 first) and its latency measured through the study's structure cache (one measurement per distinct structure).
 Two more measurements give the space's latency floor: every prune unit at its largest ratio, in fp32 and with
-each bit unit at its lowest bit-width; the faster of the two bounds the additive model of `search.study.allocate`.
+each bit unit at its lowest bit-width; the faster of the two bounds the additive model of `search.seeding.allocate`.
 
 The result is cached as `<cache_dir>/sensitivity-<key>.json`, keyed by the task name, the teacher's weights
 and training inputs, the val split, the profile digest, the space, the seed and `bn_batches`.

@@ -84,7 +84,7 @@ def sensitivity(task: str, space: str | Path, device: str | Path, *, study: str 
                 data_dir: str | Path | None = None, train_on: str = "auto", progress: bool = True):
     """`measure_sensitivity` of the task's teacher, the context built as `open_context` says (the Python API of
     `hwsearch sensitivity`). A cached table is returned without building the context (nothing is measured)."""
-    from search.study.sensitivity import DEFAULT_BN_BATCHES, load_cached, measure_sensitivity, sensitivity_key
+    from search.seeding.sensitivity import DEFAULT_BN_BATCHES, load_cached, measure_sensitivity, sensitivity_key
 
     bn_batches = DEFAULT_BN_BATCHES if bn_batches is None else bn_batches
     if bn_batches < 0:
