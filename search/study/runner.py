@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ from search.study.record import (
 from search.study.refine import enqueue_promotions, enqueue_refinements
 from search.study.settings import RunSettings
 from search.study.stops import CtrlC, FailureStreak, check_stop, disk_full_stop
-from search.study.storage import make_sampler, open_storage
+from search.study.storage import fail_stale, make_sampler, open_storage
 
 
 class StudyRun(NamedTuple):
@@ -103,6 +102,7 @@ class _Run:
         self.streak = FailureStreak()
         self.ctrl_c = CtrlC()
         self.deadline: float | None = None
+        self.beaten: set[int] = set()  # RUNNING trials given one heartbeat on their worker's behalf (fail_stale)
 
     def check_inputs(self) -> None:
         """Bad files, folders or a study created with another setup: an error before anything is written."""
@@ -253,7 +253,7 @@ class _Run:
             elif heartbeats and _any_explore(st, optuna.trial.TrialState.RUNNING):
                 # Another worker's trial: wait for it; if that worker died, its heartbeat goes
                 # stale, the trial is failed and re-queued (WAITING), and we run it.
-                optuna.storages.fail_stale_trials(st)
+                fail_stale(st, self.storage, self.beaten)
                 self.bar.refresh()
                 time.sleep(1.0)
             else:
@@ -272,9 +272,7 @@ class _Run:
         running = optuna.trial.TrialState.RUNNING
         while is_heartbeat_enabled(self.storage) and self._in_time() and any(
                 not _explore(t) for t in self.study.get_trials(deepcopy=False, states=(running,))):
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+            fail_stale(self.study, self.storage, self.beaten)
             self.bar.refresh()
             time.sleep(1.0)
         return enqueue(self.study, self.s.refine, promote)

@@ -67,6 +67,20 @@ def open_storage(url: str, retry_s: float = STORAGE_RETRY_S) -> optuna.storages.
             raise UserError(f"--storage {redact_url(url)}: cannot open the study storage: {reason}") from None
 
 
+def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, seen: set[int]) -> None:
+    """Fail, and so re-queue, the trials whose worker died. Optuna judges a RUNNING trial only by its heartbeat
+    row, and a worker that dies between creating a trial and its first beat (a database outage can do that)
+    leaves none: that trial would be waited for forever. So every RUNNING trial seen here gets one beat on its
+    behalf: a live worker's own beats overwrite it; a dead worker's trial goes stale one grace period later."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t._trial_id not in seen:
+            seen.add(t._trial_id)
+            storage.record_heartbeat(t._trial_id)
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5, and we rely on them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def make_sampler(name: str, seed: int | None, n_trials: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
