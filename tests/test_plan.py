@@ -97,3 +97,19 @@ def test_validate_for_names_unknown_layer_and_lists_valid_ones():
         Plan(2.0, 0.5, {}, {"blocks.0.attn": 8}).validate_for(TinyViT())
     # An attention module owns MatMul nodes in ONNX: valid for bits once the caller says so.
     Plan(2.0, 0.5, {}, {"blocks.0.attn": 8}).validate_for(TinyViT(), quantizable=["blocks.0.attn"])
+
+
+def test_training_seeds_never_meet_across_study_seeds():
+    """Each trial's training seed comes from (study seed, trial number) with no collision between studies: with
+    seed + number, seed 1's trial 7 trained exactly like seed 0's trial 8 (identical val in a benchmark)."""
+    import optuna
+
+    from search.config import load_space
+    from search.study.sampling import SearchLayers, plan_seed, sample_plan
+
+    seeds = {plan_seed(s, n) for s in range(5) for n in range(2000)}
+    assert len(seeds) == 5 * 2000 and plan_seed(0, 8) == 8  # seed 0's studies keep their seeds
+    space = load_space("default")
+    plans = [sample_plan(optuna.trial.FixedTrial({"temperature": 4.0, "alpha": 0.5}, number=n), space,
+                         SearchLayers(), (32,), seed=s) for s, n in ((0, 8), (1, 7))]
+    assert plans[0].seed != plans[1].seed

@@ -12,6 +12,14 @@ from search.plan import Plan
 from search.study.record import UNIFORM_PREFIX
 
 DROP = 1.0  # a pruning "ratio" of 1.0 removes the whole block (`pruning.depth`)
+SEED_STRIDE = 1_000_003  # trials a study may run before its training seeds could meet another study's
+
+
+def plan_seed(study_seed: int, number: int) -> int:
+    """Trial `number`'s training seed, distinct across studies of different `--seed`s. (It was seed + number: seed 1's
+    trial 7 then trained exactly as seed 0's trial 8, and a benchmark's two seeds of a row were one.) Seed 0 keeps
+    seed = number."""
+    return study_seed * SEED_STRIDE + number
 
 
 def removed_by(prune: Mapping[str, float]) -> tuple[str, ...]:
@@ -125,7 +133,7 @@ def sample_plan(trial: optuna.Trial, space: SearchSpace, layers: SearchLayers, b
         for layer in members:
             if not under(layer, removed):
                 plan_bits[layer] = b
-    return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=seed + trial.number)
+    return Plan(temperature=temperature, alpha=alpha, prune=prune, bits=plan_bits, seed=plan_seed(seed, trial.number))
 
 
 def _clamp(v: float, low: float, high: float) -> float:
