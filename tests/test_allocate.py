@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _sensitivity_fixtures import signal_sensitivity
 
-from search.seeding.allocate import allocate, allocate_many, calibrate, options, seeded_trials
+from search.seeding.allocate import allocate, allocate_many, calibrate, options, seeded_trials, span_targets
 from search.seeding.sensitivity import Sensitivity, SensitivityRow
 
 
@@ -237,3 +237,14 @@ def test_plans_from_a_real_table_enqueue_as_study_parameters(digits_task):
     for x in (x for x in plans[:2] if x.feasible and x.params.get(worst.param) != 0.0):
         alt = allocate(without, x.target)
         assert not alt.feasible or alt.predicted_drop >= x.predicted_drop, (x.changes, alt.changes)
+
+
+def test_targets_span_the_latency_budget_not_only_the_teacher():
+    """Under a budget far below the teacher every target lies between the floor and the budget (plans slower than
+    the budget are never trained); without one, between the floor and the teacher."""
+    sens = _table({"prune.a": [(0.5, 1.0, 5.0)]}, teacher_ms=10.0, floor_ms=0.3)
+    free = span_targets(sens)
+    assert max(free) > 0.5 and min(free) >= 0.03 and len(free) >= 4
+    tight = span_targets(sens, budget_ms=1.4)  # the budget is 14% of the teacher's latency
+    assert len(tight) >= 4 and all(0.03 <= t <= 0.14 for t in tight), tight
+    assert span_targets(sens, budget_ms=50.0) == free  # a budget above the teacher changes nothing

@@ -181,7 +181,8 @@ class _Run:
         t0 = time.perf_counter()
         meter = PlanMeter(ctx, work, progress=self.s.progress)
         try:  # each plan measured untrained and solved again while it misses its target (allocate.calibrate)
-            plans = seeded_trials(sens, span_targets(sens), max_model_mb=self.profile.budgets.model_mb, measure=meter)
+            targets = span_targets(sens, budget_ms=self.profile.budgets.latency_ms)
+            plans = seeded_trials(sens, targets, max_model_mb=self.profile.budgets.model_mb, measure=meter)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         seconds = time.perf_counter() - t0
