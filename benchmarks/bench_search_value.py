@@ -216,16 +216,12 @@ def depth_rows(uniform: dict[str, dict], droppable: list[str], seed: int, widths
     staircase does not (at a fast end where per-operator overhead, which width does not touch, dominates)."""
     from search.study.sampling import DROP, uniform_name
 
-    out = []
-    for width in widths:
-        for b in precisions:
-            base = uniform.get(uniform_name(width, b))
-            if base is None or not droppable:
-                continue
-            tag = f"{uniform_name(width, b)}-drop-{'+'.join(droppable)}"
-            out.append({"seed": seed, "kind": "uniform-depth", "tag": tag,
-                        "params": {**base, **{f"prune.{blk}": DROP for blk in droppable}}})
-    return out
+    if not droppable:
+        return []
+    removed = {f"prune.{blk}": DROP for blk in droppable}
+    return [{"seed": seed, "kind": "uniform-depth", "tag": f"{uniform_name(width, b)}-drop-{'+'.join(droppable)}",
+             "params": {**base, **removed}}
+            for width in widths for b in precisions if (base := uniform.get(uniform_name(width, b))) is not None]
 
 
 def onnx_file(scratch: Path, row: dict) -> Path:
