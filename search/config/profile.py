@@ -46,6 +46,8 @@ class Measure(_Strict):
     backend: Literal["local", "remote"] = "local"
     url: str | None = Field(None, description="agent URL, remote backend only")
     token_env: str | None = Field(None, description="environment variable holding the token")
+    tls_sha256: str | None = Field(None, description="SHA-256 of the agent's TLS certificate (https:// only): "
+                                   "the client trusts that certificate alone")
     warmup: int = Field(50, ge=0, le=100_000)
     repeats: int = Field(200, ge=1, le=1_000_000)
     batch: int = Field(1, ge=1, le=4096)
@@ -73,7 +75,16 @@ class Measure(_Strict):
                 raise ValueError("url must start with http:// or https://")
             if not self.token_env:
                 raise ValueError("backend 'remote' needs token_env (the variable holding the token)")
+        if self.tls_sha256 is not None and not (self.url or "").startswith("https://"):
+            raise ValueError("tls_sha256 pins the certificate of an https:// agent; the url is not https://")
         return self
+
+    @field_validator("tls_sha256")
+    @classmethod
+    def _pin(cls, v: str | None) -> str | None:
+        from search.measure.agent_tls import normalize_pin
+
+        return None if v is None else normalize_pin(v)
 
 
 class DeviceProfile(_Strict):

@@ -1,6 +1,7 @@
 """Remote measurement agent: a small HTTP server run ON the device (`hwsearch agent` or `python agent.py`).
 
-Needs only the standard library, numpy and onnxruntime, plus runner.py and agent_checks.py in the same folder.
+Needs only the standard library, numpy and onnxruntime, plus runner.py, agent_checks.py and agent_tls.py in the
+same folder. With --tls-cert/--tls-key it serves HTTPS (agent_tls.py: the profile pins the certificate).
 API (every call needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
@@ -37,6 +38,7 @@ import mmap
 import shutil
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -49,9 +51,10 @@ from urllib.parse import urlsplit
 
 if __package__:  # imported as search.measure.agent
     from search.errors import UserError
-    from search.measure import runner
+    from search.measure import agent_tls, runner
     from search.measure.agent_checks import ALLOWED_DOMAINS, MAX_REQUEST_S, InvalidModel, check_model, parse_params
 else:  # standalone on the device: runner.py and agent_checks.py sit next to this file, the package is absent
+    import agent_tls  # type: ignore[no-redef]
     import runner  # type: ignore[no-redef]
     from agent_checks import (  # type: ignore[no-redef]
         ALLOWED_DOMAINS,
@@ -124,7 +127,7 @@ class AgentServer(ThreadingHTTPServer):
                  read_timeout_s: float, verbose: bool = False, *,
                  header_timeout_s: float = DEFAULTS["header_timeout_s"],
                  max_connections: int = DEFAULTS["max_connections"],
-                 max_request_s: float = DEFAULTS["max_request_s"]) -> None:
+                 max_request_s: float = DEFAULTS["max_request_s"], tls: ssl.SSLContext | None = None) -> None:
         if not token or not token.strip():
             raise UserError("the agent refuses to start without a token (pass a non-empty token file)")
         if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
@@ -148,7 +151,7 @@ class AgentServer(ThreadingHTTPServer):
         self.max_upload, self.max_upload_mb = int(max_upload_mb * 2**20), max_upload_mb
         self.queue_size, self.read_timeout_s, self.verbose = queue_size, read_timeout_s, verbose
         self.header_timeout_s, self.max_request_s = header_timeout_s, max_request_s
-        self.max_connections = max_connections
+        self.max_connections, self.tls = max_connections, tls
         self.evict_after_s = min(EVICT_AFTER_S, header_timeout_s / 2)
         self.connections = threading.BoundedSemaphore(max_connections)  # one per connection thread
         self.slots = threading.BoundedSemaphore(1 + queue_size)  # the running request + the waiting ones
@@ -193,7 +196,10 @@ class AgentServer(ThreadingHTTPServer):
             if self.stopping.is_set():  # shutdown() while all were taken: serve_forever gives up this accept
                 raise OSError("the agent is stopping")
         try:
-            return super().get_request()
+            sock, address = super().get_request()
+            if self.tls is not None:  # the handshake runs in the connection's thread, bounded by the header deadline
+                sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            return sock, address
         except BaseException:
             self.connections.release()
             raise
@@ -222,6 +228,9 @@ class AgentServer(ThreadingHTTPServer):
 
     def process_request_thread(self, request: socket.socket, client_address: object) -> None:
         try:
+            if self.tls is not None and not agent_tls.handshake(request, self.header_timeout_s):
+                self.close_request(request)  # not TLS, or too slow: nothing to answer in
+                return
             super().process_request_thread(request, client_address)
         finally:
             self.connections.release()
@@ -493,12 +502,12 @@ def make_server(host: str, port: int, token: str, max_upload_mb: float = DEFAULT
                 queue_size: int = DEFAULTS["queue_size"], read_timeout_s: float = DEFAULTS["read_timeout_s"],
                 verbose: bool = False, *, header_timeout_s: float = DEFAULTS["header_timeout_s"],
                 max_connections: int = DEFAULTS["max_connections"],
-                max_request_s: float = DEFAULTS["max_request_s"]) -> AgentServer:
+                max_request_s: float = DEFAULTS["max_request_s"], tls: ssl.SSLContext | None = None) -> AgentServer:
     """Bind the agent (port 0 picks a free one) without serving yet; tests run serve_forever in a thread."""
     try:
         return AgentServer(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose,
                            header_timeout_s=header_timeout_s, max_connections=max_connections,
-                           max_request_s=max_request_s)
+                           max_request_s=max_request_s, tls=tls)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
@@ -506,22 +515,32 @@ def make_server(host: str, port: int, token: str, max_upload_mb: float = DEFAULT
 def serve(host: str, port: int, token: str, max_upload_mb: float = DEFAULTS["max_upload_mb"],
           queue_size: int = DEFAULTS["queue_size"], read_timeout_s: float = DEFAULTS["read_timeout_s"], *,
           header_timeout_s: float = DEFAULTS["header_timeout_s"], max_connections: int = DEFAULTS["max_connections"],
-          max_request_s: float = DEFAULTS["max_request_s"]) -> None:
-    """Serve until interrupted."""
+          max_request_s: float = DEFAULTS["max_request_s"], tls_cert: str | None = None,
+          tls_key: str | None = None) -> None:
+    """Serve until interrupted; HTTPS with `tls_cert` and `tls_key` (both or neither)."""
+    if (tls_cert is None) != (tls_key is None):
+        raise UserError("--tls-cert and --tls-key go together (the certificate and its private key)")
+    try:
+        tls = agent_tls.server_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    except ValueError as e:
+        raise UserError(str(e)) from None
     # Before the banner: a service manager (or a test) may send SIGTERM the moment it reads it.
     if threading.current_thread() is threading.main_thread():  # a service stop also removes the work folder
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True,
                          header_timeout_s=header_timeout_s, max_connections=max_connections,
-                         max_request_s=max_request_s)
+                         max_request_s=max_request_s, tls=tls)
     try:
-        bound = server.server_address[1]
-        print(f"hwsearch agent {AGENT_VERSION} on http://{host}:{bound} ({runner.describe_device()['summary']})",
-              file=sys.stderr)
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: listening on {host}, reachable from other machines over plain HTTP; anyone with "
-                  "the token can run models here (prefer 127.0.0.1 and an SSH tunnel, or a firewall)",
+        bound, scheme = server.server_address[1], "https" if tls else "http"
+        print(f"hwsearch agent {AGENT_VERSION} on {scheme}://{host}:{bound} "
+              f"({runner.describe_device()['summary']})", file=sys.stderr)
+        if tls_cert:
+            print(f"certificate sha256 {agent_tls.fingerprint(tls_cert)} (the profile's measure.tls_sha256)",
                   file=sys.stderr)
+        elif host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}, reachable from other machines over plain HTTP; anyone with "
+                  "the token can run models here (prefer 127.0.0.1 and an SSH tunnel, a firewall, or "
+                  "--tls-cert/--tls-key)", file=sys.stderr)
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
     finally:
@@ -546,10 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-request-seconds", type=float, default=DEFAULTS["max_request_s"],
                         help="most seconds one measurement may run, as (rounds + 1) x timeout_s "
                              "(default: %(default)s)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     args = parser.parse_args(argv)
     try:
         serve(args.host, args.port, read_token(args.token_file), args.max_upload_mb, args.queue_size,
-              args.read_timeout_s, header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
+              args.read_timeout_s, tls_cert=args.tls_cert, tls_key=args.tls_key,
+              header_timeout_s=args.header_timeout_s, max_connections=args.max_connections,
               max_request_s=args.max_request_seconds)
     except UserError as e:
         print(f"agent: error: {e}", file=sys.stderr)

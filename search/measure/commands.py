@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--read-timeout-s", type=float, help="seconds an upload may stall (default 30)")
     a.add_argument("--max-request-seconds", type=float,
                    help="most seconds one measurement may run, as (rounds + 1) x timeout_s (default 600)")
+    a.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (with --tls-key); the "
+                   "profile pins its sha256, printed at start, as measure.tls_sha256")
+    a.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     a.set_defaults(func=agent_command)
 
 
@@ -123,5 +126,6 @@ def agent_command(args: argparse.Namespace) -> int:
     limits = {"max_connections": args.max_connections, "header_timeout_s": args.header_timeout_s,
               "read_timeout_s": args.read_timeout_s, "max_request_s": args.max_request_seconds}
     limits = {k: agent.DEFAULTS[k] if v is None else v for k, v in limits.items()}
-    agent.serve(args.host, args.port, token, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size, **limits)
+    agent.serve(args.host, args.port, token, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
+                tls_cert=args.tls_cert, tls_key=args.tls_key, **limits)
     return 0

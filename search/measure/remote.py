@@ -12,6 +12,7 @@ import http.client
 import json
 import math
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from urllib.parse import urlencode
 
 from search.config.profile import DeviceProfile
 from search.errors import TrialFailure, UserError
+from search.measure import agent_tls
 from search.measure.local import existing, memory_limit_mb
 from search.measure.record import Baselines, LatencyStats, Measurement
 
@@ -45,6 +47,7 @@ class RemoteBackend:
             raise UserError(f"environment variable {m.token_env} is not set; it must hold the token of the "
                             f"agent at {self.url}")
         self._auth = f"Bearer {token}"
+        self._opener = agent_tls.opener(m.tls_sha256)  # https:// with a pin trusts that certificate alone
         self.retries, self.backoff_s = max(1, retries), backoff_s
         self.baselines = Baselines(reference_baseline)
         self.sample = sample  # runner.encode_sample of one task input: the feed, sent in the query
@@ -64,7 +67,7 @@ class RemoteBackend:
                                          headers={"Authorization": self._auth,
                                                   "Content-Type": "application/onnx"})
             try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                with self._opener.open(req, timeout=timeout) as resp:
                     return resp.status, _json(resp.read())
             except urllib.error.HTTPError as e:
                 status, payload = e.code, _json(e.read())
@@ -74,6 +77,9 @@ class RemoteBackend:
             except TimeoutError:
                 raise TrialFailure(f"agent at {self.url} gave no answer in {timeout:g} s") from None
             except urllib.error.URLError as e:
+                if isinstance(e.reason, ssl.SSLError | agent_tls.PinMismatch):  # retrying cannot fix a certificate
+                    raise UserError(f"agent at {self.url}: TLS refused: {_reason(e.reason)} (check the profile's "
+                                    "measure.tls_sha256 against the sha256 the agent prints at start)") from None
                 reason = _reason(e.reason)
             except _TRANSIENT as e:
                 reason = _reason(e)
