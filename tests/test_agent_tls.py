@@ -97,6 +97,8 @@ def test_profile_pin_must_be_a_sha256_of_an_https_agent():
     measure = {"backend": "remote", "url": "https://board:8765", "token_env": "T"}
     ok = DeviceProfile(name="p", measure={**measure, "tls_sha256": "AB:" * 31 + "CD"})
     assert ok.measure.tls_sha256 == "ab" * 31 + "cd"
+    # Transport, not measurement: pinning an agent does not orphan its studies or caches (they key on the digest).
+    assert ok.digest() == DeviceProfile(name="p", measure=measure).digest()
     with pytest.raises(ValidationError, match="64 hex digits"):
         DeviceProfile(name="p", measure={**measure, "tls_sha256": "abc"})
     with pytest.raises(ValidationError, match="not https://"):

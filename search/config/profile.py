@@ -135,8 +135,11 @@ class DeviceProfile(_Strict):
         return frozenset(op for op in OP_TYPES if DYNAMIC_INT8 in self.precisions_for(op))
 
     def digest(self) -> str:
-        """Stable hash of everything that affects a measurement or a budget."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of everything that affects a measurement or a budget. The TLS pin is transport, not
+        measurement: pinning (or re-pinning) an agent's certificate must not orphan a study or its caches."""
+        dump = self.model_dump(mode="json")
+        dump["measure"].pop("tls_sha256")
+        blob = json.dumps(dump, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
