@@ -88,17 +88,21 @@ def runs_as(
     *,
     graph_optimization: str = "all",
     threads: int = 1,
+    optimized: onnx.ModelProto | None = None,
 ) -> dict[str, LayerRun]:
     """{layer: LayerRun} for each layer of `layer_nodes`, as a CPU session of `quantized_path` with
     these options runs it. `layer_nodes` is {layer: [its Conv/Gemm/MatMul node names]} or the fp32
-    ONNX file they come from (`weighted_nodes`); `quantize` keeps those names in its output."""
+    ONNX file they come from (`weighted_nodes`); `quantize` keeps those names in its output.
+    `optimized`: the graph the device's own session made of the file (a remote agent's /v1/optimize),
+    read instead of this machine's."""
     if graph_optimization not in OPT_LEVELS:
         raise ValueError(f"graph_optimization must be one of {sorted(OPT_LEVELS)}, got {graph_optimization!r}")
     if not isinstance(layer_nodes, Mapping):
         layer_nodes = {k: [n.name for n in v] for k, v in weighted_nodes(layer_nodes).items()}
     model = onnx.load(str(quantized_path))
-    opt = optimized_model(quantized_path, graph_optimization=graph_optimization, threads=threads)
-    return classify(model, opt, layer_nodes)
+    if optimized is None:
+        optimized = optimized_model(quantized_path, graph_optimization=graph_optimization, threads=threads)
+    return classify(model, optimized, layer_nodes)
 
 
 def optimized_model(path: str | os.PathLike, *, graph_optimization: str = "all", threads: int = 1) -> onnx.ModelProto:

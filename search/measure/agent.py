@@ -5,6 +5,8 @@ same folder. With --tls-cert/--tls-key it serves HTTPS (agent_tls.py: the profil
 API (every call needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
+  POST /v1/optimize   body = ONNX bytes; query: threads, graph_optimization, timeout_s; answers the graph this
+                      device's ONNX Runtime executes ({"onnx": base64, "device", "ort_version", ...})
   POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, max_rounds, agree,
                       memory_batch, memory_limit_mb, timeout_s, graph_optimization,
                       reference=<sha256 from /v1/reference>, sample=dtype:AxB:base64 (one input of the
@@ -28,6 +30,7 @@ What a client sends (the model bytes, the query) is checked in agent_checks.py b
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -51,21 +54,19 @@ from urllib.parse import urlsplit
 
 if __package__:  # imported as search.measure.agent
     from search.errors import UserError
-    from search.measure import agent_tls, runner
-    from search.measure.agent_checks import ALLOWED_DOMAINS, MAX_REQUEST_S, InvalidModel, check_model, parse_params
-else:  # standalone on the device: runner.py and agent_checks.py sit next to this file, the package is absent
+    from search.measure import agent_checks, agent_tls, runner
+else:  # standalone on the device: runner.py, agent_checks.py and agent_tls.py sit next to this file
+    import agent_checks  # type: ignore[no-redef]
     import agent_tls  # type: ignore[no-redef]
     import runner  # type: ignore[no-redef]
-    from agent_checks import (  # type: ignore[no-redef]
-        ALLOWED_DOMAINS,
-        MAX_REQUEST_S,
-        InvalidModel,
-        check_model,
-        parse_params,
-    )
 
     class UserError(Exception):  # type: ignore[no-redef]
         """Bad input: printed as one line, exit status 2."""
+
+ALLOWED_DOMAINS, MAX_REQUEST_S, InvalidModel = agent_checks.ALLOWED_DOMAINS, agent_checks.MAX_REQUEST_S, \
+    agent_checks.InvalidModel
+check_model, content_length, parse_params = agent_checks.check_model, agent_checks.content_length, \
+    agent_checks.parse_params
 
 AGENT_VERSION = "1.0"
 MAX_REFERENCES = 4
@@ -280,19 +281,6 @@ class AgentServer(ThreadingHTTPServer):
 Answer = tuple[int, dict]  # (HTTP status, JSON payload) for _Handler._send
 
 
-def content_length(values: list[str]) -> tuple[int | None, str | None]:
-    """(length, None) or (None, why) for the Content-Length header values of a request: exactly one, made of
-    ASCII digits only (str.isdigit() also accepts '²', which int() refuses) and not absurdly long (int() refuses
-    more than 4300 digits): a length beyond 15 digits counts as too large, like any above the upload limit."""
-    if len(values) != 1:
-        return None, "one Content-Length header required"
-    value = values[0].strip(" \t")
-    if not value or not value.isascii() or not value.isdigit():
-        return None, "Content-Length must be ASCII digits"
-    digits = value.lstrip("0") or "0"
-    return (int(digits) if len(digits) <= 15 else 10**15), None
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: AgentServer
     server_version = f"hwsearch-agent/{AGENT_VERSION}"
@@ -375,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
-        if url.path not in ("/v1/measure", "/v1/reference"):
+        if url.path not in ("/v1/measure", "/v1/reference", "/v1/optimize"):
             return self._send(404, {"error": "not found"})
         if not self._authorized():
             return
@@ -389,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(413, {"error": f"model is {length / 2**20:.1f} MB; this agent accepts at "
                                              f"most {self.server.max_upload_mb:g} MB (--max-upload-mb)"})
         try:
-            params = parse_params(url.query, self.server.max_request_s) if url.path == "/v1/measure" else {}
+            params = parse_params(url.query, self.server.max_request_s) if url.path != "/v1/reference" else {}
         except ValueError as e:
             return self._send(400, {"error": str(e)})
         if not self.server.slots.acquire(blocking=False):
@@ -446,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/reference":
             return 200, {"sha256": self.server.store_reference(data)}
         request_id = uuid.uuid4().hex
+        if path == "/v1/optimize":
+            return self._optimize(data, params, request_id)
         reference = None
         if params["reference"]:
             with self.server.state_lock:
@@ -466,22 +456,44 @@ class _Handler(BaseHTTPRequestHandler):
         candidate.write_bytes(data)
         kwargs = {k: v for k, v in params.items() if k != "reference"}
         try:
+            return self._job(lambda: {**runner.measure(str(candidate), str(reference) if reference else None,
+                                                       **kwargs), "backend": "remote"})
+        finally:
+            candidate.unlink(missing_ok=True)
+
+    def _optimize(self, data: memoryview, params: dict, request_id: str) -> Answer:
+        """The graph this device's ONNX Runtime executes for the model (base64 ONNX): what each layer runs as
+        is read here, where ARM builds pick their own int8 and int4 kernels, not on the search machine."""
+        model, out = (self.server.workdir / f"{kind}-{request_id}.onnx" for kind in ("optimize", "optimized"))
+        model.write_bytes(data)
+
+        def work() -> dict:
+            made = runner.optimize(str(model), str(out), threads=params["threads"], timeout_s=params["timeout_s"],
+                                   graph_optimization=params["graph_optimization"])
+            return {**made, "onnx": base64.b64encode(out.read_bytes()).decode("ascii")}
+
+        try:
+            return self._job(work)
+        finally:
+            model.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
+
+    def _job(self, work) -> Answer:  # noqa: ANN001 - a callable returning the answer's payload
+        """Run `work` alone on the device (two jobs at once would time each other) and answer with its payload."""
+        try:
             with self.server.lock:
                 with self.server.state_lock:
                     self.server.busy = True
                 try:
-                    record = runner.measure(str(candidate), str(reference) if reference else None, **kwargs)
+                    payload = work()
                 finally:
                     with self.server.state_lock:
                         self.server.busy = False
         except runner.RoundError as e:
-            code = 400 if e.kind in ("load", "input") else 422
-            return code, {"error": str(e), "kind": e.kind}
+            return (400 if e.kind in ("load", "input") else 422), {"error": str(e), "kind": e.kind}
         except Exception as e:  # noqa: BLE001 - answer rather than drop the connection (the client would retry)
             return 500, {"error": f"agent error: {type(e).__name__}: {e}"}
-        finally:
-            candidate.unlink(missing_ok=True)
-        return 200, {**record, "backend": "remote"}
+        return 200, payload
 
 
 # ----------------------------------------------------------------------------------------- entry points
@@ -514,22 +526,17 @@ def make_server(host: str, port: int, token: str, max_upload_mb: float = DEFAULT
 
 def serve(host: str, port: int, token: str, max_upload_mb: float = DEFAULTS["max_upload_mb"],
           queue_size: int = DEFAULTS["queue_size"], read_timeout_s: float = DEFAULTS["read_timeout_s"], *,
-          header_timeout_s: float = DEFAULTS["header_timeout_s"], max_connections: int = DEFAULTS["max_connections"],
-          max_request_s: float = DEFAULTS["max_request_s"], tls_cert: str | None = None,
-          tls_key: str | None = None) -> None:
-    """Serve until interrupted; HTTPS with `tls_cert` and `tls_key` (both or neither)."""
-    if (tls_cert is None) != (tls_key is None):
-        raise UserError("--tls-cert and --tls-key go together (the certificate and its private key)")
+          tls_cert: str | None = None, tls_key: str | None = None, **limits: float) -> None:
+    """Serve until interrupted; HTTPS with `tls_cert` and `tls_key` (both or neither); `limits`: make_server's."""
     try:
-        tls = agent_tls.server_context(tls_cert, tls_key) if tls_cert and tls_key else None
+        tls = agent_tls.server_context(tls_cert, tls_key) if tls_cert or tls_key else None
     except ValueError as e:
         raise UserError(str(e)) from None
     # Before the banner: a service manager (or a test) may send SIGTERM the moment it reads it.
     if threading.current_thread() is threading.main_thread():  # a service stop also removes the work folder
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True,
-                         header_timeout_s=header_timeout_s, max_connections=max_connections,
-                         max_request_s=max_request_s, tls=tls)
+    server = make_server(host, port, token, max_upload_mb, queue_size, read_timeout_s, verbose=True, tls=tls,
+                         **limits)
     try:
         bound, scheme = server.server_address[1], "https" if tls else "http"
         print(f"hwsearch agent {AGENT_VERSION} on {scheme}://{host}:{bound} "

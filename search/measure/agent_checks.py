@@ -22,6 +22,20 @@ ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 MAX_REQUEST_S = 600.0  # the agent's default --max-request-seconds
 
 
+# ----------------------------------------------------------------------------------------- request checks
+def content_length(values: list[str]) -> tuple[int | None, str | None]:
+    """(length, None) or (None, why) for the Content-Length header values of a request: exactly one, made of
+    ASCII digits only (str.isdigit() also accepts '²', which int() refuses) and not absurdly long (int() refuses
+    more than 4300 digits): a length beyond 15 digits counts as too large, like any above the upload limit."""
+    if len(values) != 1:
+        return None, "one Content-Length header required"
+    value = values[0].strip(" \t")
+    if not value or not value.isascii() or not value.isdigit():
+        return None, "Content-Length must be ASCII digits"
+    digits = value.lstrip("0") or "0"
+    return (int(digits) if len(digits) <= 15 else 10**15), None
+
+
 # ------------------------------------------------------------------- model check (no onnx package needed)
 class InvalidModel(ValueError):
     """The uploaded bytes are not a self-contained ONNX model with allowed op domains (HTTP 400)."""

@@ -28,8 +28,10 @@ class PinMismatch(OSError):
     """The agent presented a certificate other than the pinned one (an OSError: urllib wraps it in URLError)."""
 
 
-def server_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContext:
+def server_context(cert_file: str | Path | None, key_file: str | Path | None) -> ssl.SSLContext:
     """A TLS 1.2+ server context for the agent; ValueError naming the file and what is wrong with it."""
+    if cert_file is None or key_file is None:
+        raise ValueError("--tls-cert and --tls-key go together (the certificate and its private key)")
     for flag, path in (("--tls-cert", cert_file), ("--tls-key", key_file)):
         if not Path(path).is_file():
             raise ValueError(f"{flag} {path}: file not found")

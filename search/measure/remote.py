@@ -7,6 +7,7 @@ exactly as the local backend does. An agent that restarted answers 409; the clie
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -98,6 +99,22 @@ class RemoteBackend:
     def info(self) -> dict:
         """The device description the agent reports (platform, cpu, cores, versions, limits)."""
         return self._check(*self._request("GET", "/v1/info"), "info")
+
+    def optimized_model(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict]:
+        """(the graph the device's ONNX Runtime executes for the model, with the profile's session options; where
+        it was made): the board's own view of what each layer runs as (search.compress.runs.classify)."""
+        path = existing(onnx_path, "model")
+        m, rt = self.profile.measure, self.profile.runtime
+        query = urlencode({"threads": rt.threads, "graph_optimization": rt.graph_optimization,
+                           "timeout_s": m.timeout_s})
+        payload = self._check(*self._request("POST", "/v1/optimize?" + query, path.read_bytes(),
+                                             m.timeout_s * 3 + 30), f"to optimize {path.name}")
+        try:
+            graph = base64.b64decode(payload.pop("onnx"), validate=True)
+        except (KeyError, ValueError, TypeError):
+            raise TrialFailure(f"agent at {self.url} answered /v1/optimize without a graph; is it older than "
+                               "this client? (update agent.py and runner.py on the device)") from None
+        return graph, payload
 
     # ---- measurement --------------------------------------------------------------------------------------
     def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,

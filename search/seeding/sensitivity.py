@@ -195,11 +195,8 @@ class _Runner:
             return self.ctx.quantize(fp32, self.work / f"{tag}.onnx", {**self.all32, **bits})
 
     def runs(self, q, layers) -> dict[str, str]:
-        from search.compress import runs_as
-
-        rt = self.ctx.profile.runtime
         with self.timer("quantize"):
-            found = runs_as(q.path, self.teacher_fp32, graph_optimization=rt.graph_optimization, threads=rt.threads)
+            found = self.ctx.runs_as(q.path, self.teacher_fp32)[0]  # the device's own view on a remote profile
         return {k: found[k].kernel for k in layers if k in found}
 
     def score(self, path: Path, evaluate: bool = True) -> tuple[float, float, float, float]:

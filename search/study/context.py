@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from search.config import DeviceProfile, SearchSpace
+from search.errors import TrialFailure
 from search.measure.cache import MeasurementCache
 from search.study.sampling import SearchLayers
 from search.tasks import Task
@@ -106,6 +107,29 @@ class Context:
         q = self.space.quantization
         return quantize(fp32, out, bits, self.calibration, per_channel=q.per_channel, method=q.calibration.method,
                         dynamic_ops=self.profile.dynamic_ops())
+
+    def runs_as(self, quantized: Path, layer_nodes) -> tuple[dict, str]:  # noqa: ANN001 - runs_as's argument
+        """({layer: LayerRun}, where it was read): what ONNX Runtime runs for each layer of `quantized`, read
+        from the optimised graph of the device that measures it: this host's session for a local profile, the
+        agent's own (POST /v1/optimize) for a remote one, whose ONNX Runtime build may pick other kernels. An
+        agent too old to answer falls back to this host's view, and says so."""
+        import onnx
+
+        from search.compress import runs_as
+
+        rt = self.profile.runtime
+        board, where = None, "host"
+        if self.profile.measure.backend == "remote":
+            try:
+                graph, made = self.backend.optimized_model(quantized)
+                board, where = onnx.load_from_string(graph), f"device: {made.get('device', '?')}"
+            except TrialFailure as e:
+                if "(404)" not in str(e):
+                    raise
+                where = "host (the agent predates /v1/optimize)"
+        found = runs_as(quantized, layer_nodes, graph_optimization=rt.graph_optimization, threads=rt.threads,
+                        optimized=board)
+        return found, where
 
     def measure(self, onnx_path: Path, recheck: bool = False):
         """`recheck`: a cache hit is confirmed by one fresh round (MeasurementCache.measure)."""

@@ -37,6 +37,7 @@ from search.study.record import (
     T_PREDICTED,
     T_PRUNED,
     T_REFINED_FROM,
+    T_RUNS_READ_ON,
     T_SEEDED,
     T_SKIPPED,
     T_STAGE,
@@ -148,7 +149,7 @@ class Objective:
         return "explore", d.budget
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
-        from search.compress import Reexport, compare, distill, export_onnx, prune, runs_as
+        from search.compress import Reexport, compare, distill, export_onnx, prune
 
         ctx = self.ctx
         budget_name, budget = self._budget(trial)
@@ -173,8 +174,8 @@ class Objective:
             with timer("quantize"):
                 q = ctx.quantize(fp32, work / f"{tag}.onnx", dict(plan.bits))
                 # What ONNX Runtime runs (its optimised graph, the profile's session options), not what was asked.
-                rt = ctx.profile.runtime
-                runs = runs_as(q.path, fp32, graph_optimization=rt.graph_optimization, threads=rt.threads)
+                runs, where = ctx.runs_as(q.path, fp32)
+                trial.set_user_attr(T_RUNS_READ_ON, where)
                 precision = compare({k: plan.bits.get(k, 32) for k in runs}, runs, q.dynamic)
                 for layer, why in {**q.notes, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
                     if layer in precision:
