@@ -51,8 +51,8 @@ def _lock_path(kind: str) -> Path:
 @contextmanager
 def exclusive() -> Iterator[None]:
     """One local measurement at a time on this host, across threads and study worker processes: two rounds
-    at once would time each other. Training steps of study workers (`training_step`) pause meanwhile: the
-    measurement waits for the steps in flight, and no new one starts until it is done. flock is released
+    at once would time each other. The CPU-heavy work of study workers (`cpu_work`) pauses meanwhile: the
+    measurement waits for the work in flight, and none starts until it is done. flock is released
     by the kernel if a worker dies."""
     with _THREAD_LOCK:
         try:
@@ -70,11 +70,24 @@ def exclusive() -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_HELD = threading.local()  # this thread's depth inside cpu_work: nested stages take the lock once
+
+
 @contextmanager
-def training_step() -> Iterator[None]:
-    """Hold one training step of a study worker off while a local measurement runs on this host (the
-    `step_guard` of distillation). Order matters: the step is announced first (shared `train` lock), then
-    the measure lock is checked, so a measurement that starts in between waits for this step."""
+def cpu_work() -> Iterator[None]:
+    """Hold CPU-heavy work of a study worker off while a local measurement runs on this host: every distillation
+    step, and the prune, export, quantize (calibration and the runs_as probe), evaluate and teacher-logit stages
+    (`Context.step_guard`). Order matters: the work is announced first (shared `train` lock), then the measure
+    lock is checked, so a measurement that starts in between waits for this work. Re-entrant in a thread: a
+    nested stage (an export inside a quantize) must not announce itself twice, or it would wait on a
+    measurement that waits on its outer stage."""
+    if getattr(_HELD, "depth", 0):
+        _HELD.depth += 1
+        try:
+            yield
+        finally:
+            _HELD.depth -= 1
+        return
     try:
         import fcntl
     except ImportError:
@@ -92,10 +105,15 @@ def training_step() -> Iterator[None]:
                 continue
             fcntl.flock(gate, fcntl.LOCK_UN)
             break
+        _HELD.depth = 1
         try:
             yield
         finally:
+            _HELD.depth = 0
             fcntl.flock(steps, fcntl.LOCK_UN)
+
+
+training_step = cpu_work  # the name distillation's step guard had first
 
 
 class LocalBackend:

@@ -161,7 +161,7 @@ class _Runner:
     def __init__(self, ctx: Context, work: Path, bn_inputs) -> None:
         from search.study.objective import StageTimer
 
-        self.ctx, self.work, self.bn_inputs, self.timer = ctx, work, bn_inputs, StageTimer()
+        self.ctx, self.work, self.bn_inputs, self.timer = ctx, work, bn_inputs, StageTimer(guard=ctx.step_guard)
         self.all32 = {q: 32 for q in ctx.layers.quantizable}
 
     @cached_property

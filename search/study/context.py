@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,13 +82,14 @@ class Context:
 
     @property
     def step_guard(self):
-        """Training steps pause while a local measurement runs on this host (another worker's, or another
-        study's): the latency recorded during a busy study is the idle machine's. None for a remote device."""
+        """CPU-heavy work (every distillation step and the other stages, `StageTimer`) pauses while a local
+        measurement runs on this host (another worker's, or another study's): the latency recorded during a busy
+        study is the idle machine's. None for a remote device."""
         if self.profile.measure.backend != "local":
             return None
-        from search.measure.local import training_step
+        from search.measure.local import cpu_work
 
-        return training_step
+        return cpu_work
 
     @property
     def examples(self) -> torch.Tensor:
@@ -96,7 +98,8 @@ class Context:
 
     def teacher_logits(self) -> torch.Tensor:
         if self._logits is None:
-            self._logits = cached_teacher_logits(self.task, self.logits_dir, self.device)
+            with self.step_guard() if self.step_guard else nullcontext():  # a pass over the whole training set
+                self._logits = cached_teacher_logits(self.task, self.logits_dir, self.device)
         return self._logits
 
     def quantize(self, fp32: Path, out: Path, bits: dict[str, int]):

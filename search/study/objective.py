@@ -9,7 +9,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -52,10 +52,18 @@ from search.utils.files import sha256_file
 MB = 1024 * 1024
 
 
+# Stages that run whole inside the measurement gate (`Context.step_guard`): `distill` pauses per step instead
+# (a measurement must not wait for a whole epoch), `measure` is what the gate protects, `store` is file copies.
+GATED_STAGES = frozenset({"prune", "export", "quantize", "evaluate"})
+
+
 class StageTimer:
-    def __init__(self, on_stage: Callable[[str], None] | None = None) -> None:
+    """Seconds per stage; with `guard` (`Context.step_guard`), the CPU-heavy stages run inside it."""
+
+    def __init__(self, on_stage: Callable[[str], None] | None = None,
+                 guard: Callable[[], AbstractContextManager] | None = None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._on_stage = on_stage
+        self._on_stage, self._guard = on_stage, guard
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -63,7 +71,8 @@ class StageTimer:
             self._on_stage(stage)
         t0 = time.perf_counter()
         try:
-            yield
+            with self._guard() if self._guard and stage in GATED_STAGES else nullcontext():
+                yield
         finally:
             self.seconds[stage] += time.perf_counter() - t0
 
@@ -113,7 +122,7 @@ class Objective:
             self.on_stage(trial.number, stage)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        timer = StageTimer(lambda s: self._stage(trial, s))
+        timer = StageTimer(lambda s: self._stage(trial, s), guard=self.ctx.step_guard)
         work = self.ctx.study_dir / "tmp" / f"trial-{trial.number}"
         work.mkdir(parents=True, exist_ok=True)
         try:
