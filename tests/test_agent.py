@@ -225,9 +225,9 @@ def test_client_and_server_refuse_without_a_token(server, monkeypatch, tmp_path)
 
 
 def test_standalone_agent_runs_without_the_package(tmp_path):
-    """agent.py, agent_checks.py, agent_tls.py and runner.py copied alone, as on a device: serves, warns when exposed,
+    """agent.py and its four sibling files copied alone, as on a device: serves, warns when exposed,
     never imports search."""
-    for name in ("agent.py", "agent_checks.py", "agent_tls.py", "runner.py"):
+    for name in ("agent.py", "agent_checks.py", "agent_jobs.py", "agent_tls.py", "runner.py"):
         shutil.copy(AGENT_DIR / name, tmp_path / name)
     (tmp_path / "token").write_text(TOKEN + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -258,7 +258,7 @@ def test_limit_settings_are_checked_and_reach_the_cli(tmp_path):
         with pytest.raises(UserError, match=expect):
             agent.make_server("127.0.0.1", 0, TOKEN, **kw)
     # agent.py standalone, as on a device: the flags are parsed, checked and reported by /v1/info.
-    for name in ("agent.py", "agent_checks.py", "agent_tls.py", "runner.py"):
+    for name in ("agent.py", "agent_checks.py", "agent_jobs.py", "agent_tls.py", "runner.py"):
         shutil.copy(Path(agent.__file__).parent / name, tmp_path / name)
     (tmp_path / "token").write_text(TOKEN)
     bad = subprocess.run([sys.executable, "agent.py", "--token-file", "token", "--port", "0", "--queue-size", "4",

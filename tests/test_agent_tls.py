@@ -108,7 +108,7 @@ def test_profile_pin_must_be_a_sha256_of_an_https_agent():
 def test_standalone_agent_prints_its_pin_and_refuses_half_a_tls_setup(tmp_path, certs):
     """agent.py with agent_tls.py next to it, as copied to a device: the banner names https and the pin a
     profile needs; --tls-cert without --tls-key, or a missing file, is one line and exit status 2."""
-    for name in ("agent.py", "agent_checks.py", "agent_tls.py", "runner.py"):
+    for name in ("agent.py", "agent_checks.py", "agent_jobs.py", "agent_tls.py", "runner.py"):
         shutil.copy(AGENT_DIR / name, tmp_path / name)
     (tmp_path / "token").write_text(TOKEN)
     cert, key, pin = certs["agent"]

@@ -1,5 +1,6 @@
-"""A remote study reads what each layer runs as from the device's own optimised graph (the agent's /v1/optimize),
-not from this machine's ONNX Runtime."""
+"""The device's own truth on a remote profile: a study reads what each layer runs as from the agent's optimised
+graph (/v1/optimize), and `export --verify` runs the exported model on the device (/v1/run) and compares its
+outputs with this machine's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from _study_fixtures import make_results, write_configs
 from search.compress.onnx_names import weighted_nodes
 from search.compress.runs import classify
 from search.errors import TrialFailure
+from search.inspect.verify import verify_model
 from search.measure import runner
 from search.study.record import T_PRECISION, T_RUNS_READ_ON
 
@@ -54,6 +56,30 @@ def test_the_agent_answers_the_graph_its_runtime_executes(spied_agent):
         backend.optimized_model(bad)
 
 
+def test_the_agent_runs_a_stored_model_on_given_inputs(spied_agent):
+    import numpy as np
+    import onnxruntime as ort
+
+    from search.config.profile import DeviceProfile
+    from search.measure.remote import RemoteBackend
+
+    srv, _ = spied_agent
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    backend = RemoteBackend(DeviceProfile(name="r", measure={"backend": "remote", "url": url,
+                                                             "token_env": "HW_RUNS_TOKEN"}))
+    model = models()["tiny"]
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 3 for d in inp.shape]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    there, where = backend.run_outputs(model, {inp.name: x})
+    here = sess.run(None, {inp.name: x})
+    assert [there[o.name] for o in sess.get_outputs()][0].tolist() == here[0].tolist()
+    assert where["device"] == runner.describe_device()["summary"]
+    with pytest.raises(TrialFailure, match=r"refused to run .*\(400\): .*not an .npz of the model's inputs"):
+        backend.run_outputs(model, {"wrong_name": x})
+
+
 def test_a_remote_trial_reads_its_kernels_from_the_agent(tmp_path, digits_task, spied_agent):
     import search
 
@@ -81,3 +107,15 @@ def test_a_remote_trial_reads_its_kernels_from_the_agent(tmp_path, digits_task, 
     seen = [classify(quantized, onnx.load_from_string(g), layer_nodes) for g in graphs]
     kernels = {k: v["runs_as"] for k, v in last.user_attrs[T_PRECISION].items()}
     assert any({k: r.kernel for k, r in runs.items()} == kernels for runs in seen)
+
+    # export --verify on the remote profile runs the exported model on the device, on val samples.
+    view = search.load_study("remote", results=folder)
+    report = verify_model(view, view.trials[last.number], _exported(view, last.number, tmp_path))
+    row = next(r for r in report.rows if r.metric == "device_outputs")
+    assert row.ok and row.measured == 0.0 and "16 val samples on" in row.note, row
+
+
+def _exported(view, number: int, folder: Path) -> Path:
+    out = folder / f"trial-{number}.onnx"
+    view.download_artifact(view.trials[number].onnx_artifact, out)
+    return out

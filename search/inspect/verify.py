@@ -35,6 +35,13 @@ P90_Z = 1.2816  # (p90 - p50) / sigma for a normal distribution
 MEMORY_ABS_TOL_MB = 2.0
 MEMORY_REL_TOL = 0.15
 MB = 1024 * 1024  # model_mb is MiB, as the search records it
+# A remote profile's outputs on the device: DEVICE_SAMPLES val samples; the largest difference from this machine's,
+# relative to the largest output magnitude, and the top-1 class of each sample must agree. 2% leaves room for
+# an int8 kernel that rounds one requantization step differently; a wrong kernel or layout is far beyond it.
+DEVICE_SAMPLES = 16
+DEVICE_OUTPUT_TOL = 0.02
+_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(double)": "float64",
+           "tensor(uint8)": "uint8"}
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,36 @@ def memory_allowed(recorded: float) -> float:
     return max(MEMORY_ABS_TOL_MB, MEMORY_REL_TOL * recorded)
 
 
+def device_outputs_row(backend: Any, model: Path, x: Any) -> VerifyRow:
+    """A remote profile: the exported model run on the device (the agent's /v1/run) on `x` (the first val
+    samples) against the same file run here. Numerics that differ on the board (its own int8/int4 kernels,
+    another ONNX Runtime build) are caught before deployment. Single-input models (the task's arrays)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    feed = {inp.name: np.ascontiguousarray(x, dtype=_DTYPES.get(inp.type, np.float32))}
+    here = dict(zip((o.name for o in sess.get_outputs()), sess.run(None, feed), strict=True))
+    try:
+        there, where = backend.run_outputs(model, feed)
+    except TrialFailure as e:
+        return VerifyRow("device_outputs", None, None, "-", False, str(e))
+    allowed = f"<= {DEVICE_OUTPUT_TOL:g} x max |output|, same top-1"
+    if set(there) != set(here) or any(there[k].shape != v.shape for k, v in here.items()):
+        return VerifyRow("device_outputs", None, None, allowed, False, "the device's outputs have other names "
+                         f"or shapes: {sorted((k, v.shape) for k, v in there.items())}")
+    worst = max(float(np.max(np.abs(there[k].astype(np.float64) - v))) / max(float(np.max(np.abs(v))), 1e-12)
+                for k, v in here.items())
+    first = next(iter(here))
+    same_top1 = bool(here[first].ndim < 2 or np.array_equal(here[first].argmax(-1), there[first].argmax(-1)))
+    note = f"{len(x)} val samples on {where.get('device', 'the device')}" + ("" if same_top1 else
+                                                                             "; top-1 differs")
+    return VerifyRow("device_outputs", None, worst, allowed, worst <= DEVICE_OUTPUT_TOL and same_top1, note)
+
+
 def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | None = None) -> VerifyReport:
     """Re-score `model` against the trial's record: accuracy exactly, latency and memory within noise."""
     from search.measure import get_backend
@@ -143,6 +180,8 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
                      and recorded_m.ratio(stat) is not None)
     try:
         backend = get_backend(profile, reference_baseline=anchor if corrected else None, sample=feed_sample(task.val))
+        if profile.measure.backend == "remote":
+            rows.append(device_outputs_row(backend, model, dataset_arrays(task.val)[0][:DEVICE_SAMPLES]))
         m = backend.measure(model, reference if corrected else None)
     except TrialFailure as e:
         rows += [VerifyRow(k, values[k], None, "-", False, str(e)) for k in ("latency_ms", "memory_mb")]

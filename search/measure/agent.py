@@ -1,12 +1,14 @@
 """Remote measurement agent: a small HTTP server run ON the device (`hwsearch agent` or `python agent.py`).
 
-Needs only the standard library, numpy and onnxruntime, plus runner.py, agent_checks.py and agent_tls.py in the
-same folder. With --tls-cert/--tls-key it serves HTTPS (agent_tls.py: the profile pins the certificate).
+Needs only the standard library, numpy and onnxruntime, plus runner.py, agent_checks.py, agent_jobs.py and
+agent_tls.py in the same folder. With --tls-cert/--tls-key it serves HTTPS (the profile pins the certificate).
 API (every call needs `Authorization: Bearer TOKEN`):
   GET  /v1/info       device description, versions, limits, queue state
   POST /v1/reference  body = ONNX bytes; stores a reference model, answers {"sha256": ...}
   POST /v1/optimize   body = ONNX bytes; query: threads, graph_optimization, timeout_s; answers the graph this
                       device's ONNX Runtime executes ({"onnx": base64, "device", "ort_version", ...})
+  POST /v1/run        body = inputs as an uncompressed .npz; query: model=<sha256 from /v1/reference>, threads,
+                      graph_optimization, timeout_s; answers the model's outputs ({"outputs": base64 .npz, ...})
   POST /v1/measure    body = ONNX bytes; query: warmup, repeats, batch, threads, rounds, max_rounds, agree,
                       memory_batch, memory_limit_mb, timeout_s, graph_optimization,
                       reference=<sha256 from /v1/reference>, sample=dtype:AxB:base64 (one input of the
@@ -30,7 +32,6 @@ What a client sends (the model bytes, the query) is checked in agent_checks.py b
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -54,9 +55,10 @@ from urllib.parse import urlsplit
 
 if __package__:  # imported as search.measure.agent
     from search.errors import UserError
-    from search.measure import agent_checks, agent_tls, runner
+    from search.measure import agent_checks, agent_jobs, agent_tls, runner
 else:  # standalone on the device: runner.py, agent_checks.py and agent_tls.py sit next to this file
     import agent_checks  # type: ignore[no-redef]
+    import agent_jobs  # type: ignore[no-redef]
     import agent_tls  # type: ignore[no-redef]
     import runner  # type: ignore[no-redef]
 
@@ -278,7 +280,7 @@ class AgentServer(ThreadingHTTPServer):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-Answer = tuple[int, dict]  # (HTTP status, JSON payload) for _Handler._send
+Answer = agent_jobs.Answer
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -363,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         url = urlsplit(self.path)
-        if url.path not in ("/v1/measure", "/v1/reference", "/v1/optimize"):
+        if url.path not in ("/v1/measure", "/v1/reference", "/v1/optimize", "/v1/run"):
             return self._send(404, {"error": "not found"})
         if not self._authorized():
             return
@@ -427,73 +429,15 @@ class _Handler(BaseHTTPRequestHandler):
                                   f"{MIN_UPLOAD_RATE // 2**10} KiB/s (on average); dropped"}
         if got != length:
             return 400, {"error": "body shorter than Content-Length"}
-        try:
-            check_model(data)
-        except InvalidModel as e:
-            return 400, {"error": str(e)}
+        if path != "/v1/run":  # /v1/run's body is the inputs (.npz), read in the job's fresh process
+            try:
+                check_model(data)
+            except InvalidModel as e:
+                return 400, {"error": str(e)}
         if path == "/v1/reference":
             return 200, {"sha256": self.server.store_reference(data)}
-        request_id = uuid.uuid4().hex
-        if path == "/v1/optimize":
-            return self._optimize(data, params, request_id)
-        reference = None
-        if params["reference"]:
-            with self.server.state_lock:
-                stored = self.server.references.get(params["reference"])
-                if stored is not None:  # a private copy: newer uploads may evict the stored one meanwhile
-                    reference = self.server.workdir / f"ref-{request_id}.onnx"
-                    shutil.copyfile(stored, reference)
-            if reference is None:
-                return 409, {"error": "unknown reference; upload it to /v1/reference"}
-        try:
-            return self._measure(data, params, reference, request_id)
-        finally:
-            if reference is not None:
-                reference.unlink(missing_ok=True)
-
-    def _measure(self, data: memoryview, params: dict, reference: Path | None, request_id: str) -> Answer:
-        candidate = self.server.workdir / f"candidate-{request_id}.onnx"
-        candidate.write_bytes(data)
-        kwargs = {k: v for k, v in params.items() if k != "reference"}
-        try:
-            return self._job(lambda: {**runner.measure(str(candidate), str(reference) if reference else None,
-                                                       **kwargs), "backend": "remote"})
-        finally:
-            candidate.unlink(missing_ok=True)
-
-    def _optimize(self, data: memoryview, params: dict, request_id: str) -> Answer:
-        """The graph this device's ONNX Runtime executes for the model (base64 ONNX): what each layer runs as
-        is read here, where ARM builds pick their own int8 and int4 kernels, not on the search machine."""
-        model, out = (self.server.workdir / f"{kind}-{request_id}.onnx" for kind in ("optimize", "optimized"))
-        model.write_bytes(data)
-
-        def work() -> dict:
-            made = runner.optimize(str(model), str(out), threads=params["threads"], timeout_s=params["timeout_s"],
-                                   graph_optimization=params["graph_optimization"])
-            return {**made, "onnx": base64.b64encode(out.read_bytes()).decode("ascii")}
-
-        try:
-            return self._job(work)
-        finally:
-            model.unlink(missing_ok=True)
-            out.unlink(missing_ok=True)
-
-    def _job(self, work) -> Answer:  # noqa: ANN001 - a callable returning the answer's payload
-        """Run `work` alone on the device (two jobs at once would time each other) and answer with its payload."""
-        try:
-            with self.server.lock:
-                with self.server.state_lock:
-                    self.server.busy = True
-                try:
-                    payload = work()
-                finally:
-                    with self.server.state_lock:
-                        self.server.busy = False
-        except runner.RoundError as e:
-            return (400 if e.kind in ("load", "input") else 422), {"error": str(e), "kind": e.kind}
-        except Exception as e:  # noqa: BLE001 - answer rather than drop the connection (the client would retry)
-            return 500, {"error": f"agent error: {type(e).__name__}: {e}"}
-        return 200, payload
+        job = {"/v1/measure": agent_jobs.measure, "/v1/optimize": agent_jobs.optimize, "/v1/run": agent_jobs.run}
+        return job[path](self.server, data, params, uuid.uuid4().hex)
 
 
 # ----------------------------------------------------------------------------------------- entry points

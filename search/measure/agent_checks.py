@@ -144,7 +144,7 @@ def parse_params(query: str, max_request_s: float = MAX_REQUEST_S) -> dict:
               "memory_batch": (int, 1, 4096, None), "memory_limit_mb": (float, 1.0, 1e9, None),
               "timeout_s": (float, 1.0, 3600.0, 120.0)}
     raw = parse_qs(query, keep_blank_values=True, strict_parsing=False)
-    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference", "sample"}
+    unknown = set(raw) - set(bounds) - {"graph_optimization", "reference", "model", "sample"}
     if unknown:
         raise ValueError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     if any(len(v) > 1 for v in raw.values()):
@@ -172,10 +172,10 @@ def parse_params(query: str, max_request_s: float = MAX_REQUEST_S) -> dict:
     out["graph_optimization"] = raw.get("graph_optimization", ["all"])[0]
     if out["graph_optimization"] not in ("disable", "basic", "extended", "all"):
         raise ValueError("graph_optimization must be one of disable, basic, extended, all")
-    ref = raw.get("reference", [None])[0]
-    if ref is not None and not re.fullmatch(r"[0-9a-f]{64}", ref):
-        raise ValueError("reference must be a sha256 (hex) returned by POST /v1/reference")
-    out["reference"] = ref
+    for name in ("reference", "model"):  # a stored model, named by the sha256 /v1/reference answered
+        out[name] = raw.get(name, [None])[0]
+        if out[name] is not None and not re.fullmatch(r"[0-9a-f]{64}", out[name]):
+            raise ValueError(f"{name} must be a sha256 (hex) returned by POST /v1/reference")
     out["sample"] = raw.get("sample", [None])[0]
     if out["sample"] is not None:
         if len(out["sample"]) > runner.SAMPLE_MAX_CHARS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlencode
 
 from search.config.profile import DeviceProfile
@@ -115,6 +117,32 @@ class RemoteBackend:
             raise TrialFailure(f"agent at {self.url} answered /v1/optimize without a graph; is it older than "
                                "this client? (update agent.py and runner.py on the device)") from None
         return graph, payload
+
+    def run_outputs(self, onnx_path: str | os.PathLike, inputs: dict) -> tuple[dict, dict]:
+        """({output name: array} of the model run once on the device on `inputs` ({input name: array}), where it
+        ran): `export --verify` compares them with this machine's outputs."""
+        import numpy as np
+
+        data = existing(onnx_path, "model").read_bytes()
+        key = hashlib.sha256(data).hexdigest()
+        body = io.BytesIO()
+        np.savez(body, **inputs)
+        m, rt = self.profile.measure, self.profile.runtime
+        query = urlencode({"model": key, "threads": rt.threads, "graph_optimization": rt.graph_optimization,
+                           "timeout_s": m.timeout_s})
+        for _ in range(2):  # 409: the agent restarted (or evicted the model); upload it again
+            self._check(*self._request("POST", "/v1/reference", data), "the model")
+            status, payload = self._request("POST", "/v1/run?" + query, body.getvalue(), m.timeout_s * 3 + 30)
+            if status != 409:
+                break
+        payload = self._check(status, payload, f"to run {Path(onnx_path).name}")
+        try:
+            with np.load(io.BytesIO(base64.b64decode(payload.pop("outputs"), validate=True)),
+                         allow_pickle=False) as out:
+                return {k: out[k] for k in out.files}, payload
+        except (KeyError, ValueError, TypeError, OSError):
+            raise TrialFailure(f"agent at {self.url} answered /v1/run without outputs; is it older than this "
+                               "client? (update the agent's files on the device)") from None
 
     # ---- measurement --------------------------------------------------------------------------------------
     def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,

@@ -128,6 +128,17 @@ def optimize(model: str, out: str, *, threads: int = 1, graph_optimization: str 
             "graph_optimization": graph_optimization, "threads": threads}
 
 
+def run_outputs(model: str, inputs: str, out: str, *, threads: int = 1, graph_optimization: str = "all",
+                timeout_s: float = 120.0, memory_limit_mb: float | None = None) -> dict:
+    """Run `model` once on the arrays of the .npz `inputs` (one per input name, read without pickles) and save
+    its outputs to the .npz `out`, in a fresh process as a round; the record of where it ran."""
+    run_round({"model": model, "run_inputs": inputs, "run_outputs": out, "threads": threads,
+               "graph_optimization": graph_optimization, "memory_limit_mb": memory_limit_mb,
+               "cpus": pick_cpus(threads)}, timeout_s)
+    device = describe_device()
+    return {"device": device["summary"], "ort_version": device["ort_version"]}
+
+
 def stats(times_ms: list[float]) -> dict:
     """The latency summary stored in a record (LatencyStats fields)."""
     ordered = sorted(times_ms)
@@ -394,6 +405,20 @@ def _child(spec: dict) -> dict:
     if spec.get("optimize_to"):  # `optimize`: the session's own graph, nothing timed
         opts.optimized_model_filepath = spec["optimize_to"]
         session(source, "model")
+        return out
+    if spec.get("run_inputs"):  # `run_outputs`: the model's outputs on given inputs, nothing timed
+        sess = session(source, "model")
+        try:
+            with np.load(spec["run_inputs"], allow_pickle=False) as given:
+                inputs = {i.name: given[i.name] for i in sess.get_inputs()}
+        except (KeyError, ValueError, OSError) as e:
+            raise RoundError("input", f"the inputs are not an .npz of the model's inputs "
+                                      f"{[i.name for i in sess.get_inputs()]}: {e}") from None
+        try:
+            values = sess.run(None, inputs)
+        except Exception as e:  # noqa: BLE001 - wrong shapes or types: the request's fault
+            raise _fail(e, "running the model", limit, "input") from None
+        np.savez(spec["run_outputs"], **{o.name: v for o, v in zip(sess.get_outputs(), values, strict=True)})
         return out
     if spec.get("memory_batch"):
         # Memory first, in a process that has loaded no other model: peak-RSS growth (ORT's own share is
