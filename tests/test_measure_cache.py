@@ -170,3 +170,21 @@ def test_without_recheck_a_hit_runs_nothing():
     cache.measure(m["fp32"], PROFILE, CountingBackend())
     backend = ScriptedBackend()
     assert cache.measure(m["fp32"], PROFILE, backend).rechecked == 0 and backend.calls == []
+
+
+def test_a_recalibrated_file_shares_the_measurement_only_when_its_kernels_agree():
+    """QDQ fusions can depend on scale and zero-point values: the same structure re-calibrated may run other
+    kernels, so the kernel signature (what the session runs per layer) is part of the key."""
+    from search.compress.runs import LayerRun, kernel_signature
+
+    m, backend, cache = models(), CountingBackend(), MeasurementCache()
+    runs = {"conv1": LayerRun("int8", ("QLinearConv",)), "fc": LayerRun("int8", ("QGemm",))}
+    same = kernel_signature(runs)
+    other = kernel_signature({**runs, "conv1": LayerRun("fp32", ("com.microsoft.nchwc:Conv",))})
+    removed = kernel_signature({**runs, "gone": LayerRun("unknown", ())})  # a layer a removed block took along
+    assert same != other and removed == same
+    cache.measure(m["int8"], PROFILE, backend, kernels=same)
+    cache.measure(m["int8"], PROFILE, backend, kernels=same)
+    assert len(backend.calls) == 1
+    cache.measure(m["int8"], PROFILE, backend, kernels=other)  # re-calibrated: other kernels, measured anew
+    assert len(backend.calls) == 2

@@ -141,6 +141,12 @@ def classify(model: onnx.ModelProto, optimized: onnx.ModelProto,
     return out
 
 
+def kernel_signature(runs: Mapping[str, LayerRun]) -> str:
+    """What a session runs, as one string: each found layer's kernel and op types (a layer not found, e.g. one
+    a removed block took with it, is left out, so the teacher's layer list and the student's agree)."""
+    return "|".join(f"{k}:{r.kernel}:{','.join(r.op_types)}" for k, r in sorted(runs.items()) if r.kernel != UNKNOWN)
+
+
 def compare(requested: Mapping[str, int], runs: Mapping[str, LayerRun],
             dynamic: Collection[str] = ()) -> dict[str, dict]:
     """{layer: {"requested": bits, "runs_as": kernel, "differs": bool}} for every layer of `runs` and

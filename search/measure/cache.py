@@ -127,9 +127,12 @@ class MeasurementCache:
 
     @staticmethod
     def key(onnx_path: str | os.PathLike, profile: DeviceProfile,
-            reference_path: str | os.PathLike | None = None) -> str:
+            reference_path: str | os.PathLike | None = None, kernels: str | None = None) -> str:
+        """`kernels` (`search.compress.runs.kernel_signature`): what the device's session runs for each layer. A
+        quantized file's structure does not say it alone: QDQ fusions can depend on scale and zero-point
+        values, so a re-calibrated file shares the untrained one's measurement only when its kernels agree."""
         ref = structure_key(reference_path) if reference_path is not None else "-"
-        return _digest(KEY_VERSION, structure_key(onnx_path), profile.digest(), ref)
+        return _digest(KEY_VERSION, structure_key(onnx_path), profile.digest(), ref, *([kernels] if kernels else []))
 
     def get(self, key: str) -> Measurement | None:
         with self._lock:
@@ -151,14 +154,15 @@ class MeasurementCache:
         self._write(key, measurement.to_json())
 
     def measure(self, onnx_path: str | os.PathLike, profile: DeviceProfile, backend: Backend,
-                reference_path: str | os.PathLike | None = None, *, recheck: bool = False) -> Measurement:
+                reference_path: str | os.PathLike | None = None, *, recheck: bool = False,
+                kernels: str | None = None) -> Measurement:
         """The cached measurement of this structure on this profile, or a new one (failures not cached).
 
         A record is kept as the backend returned it, drift anchor included: the backend owns the anchor
         (search.measure.record.Baselines), and a study gives every backend of its workers the same one.
         `recheck`: on a hit, time the structure once more in one fresh round (`_recheck`); the backend must
         then take `rounds` and `max_rounds` keywords (LocalBackend, RemoteBackend)."""
-        key = self.key(onnx_path, profile, reference_path)
+        key = self.key(onnx_path, profile, reference_path, kernels)
         found = self.get(key)
         with self._lock:
             self.hits += found is not None

@@ -199,12 +199,12 @@ class _Runner:
             found = self.ctx.runs_as(q.path, self.teacher_fp32)[0]  # the device's own view on a remote profile
         return {k: found[k].kernel for k in layers if k in found}
 
-    def score(self, path: Path, evaluate: bool = True) -> tuple[float, float, float, float]:
-        """(val top-1 or nan, latency, memory, file MB) of one ONNX file."""
+    def score(self, path: Path, evaluate: bool = True, kernels: str | None = None) -> tuple[float, float, float, float]:
+        """(val top-1 or nan, latency, memory, file MB) of one ONNX file; `kernels`: its `kernel_signature`."""
         from search.measure.accuracy import onnx_accuracy
 
         with self.timer("measure"):
-            m = self.ctx.measure(path)
+            m = self.ctx.measure(path, kernels=kernels)
         if m.stopped:
             raise TrialFailure(f"sensitivity: the memory limit stopped a single-change variant ({m.error})")
         with self.timer("evaluate"):
@@ -225,6 +225,7 @@ class PlanMeter:
     def __call__(self, params: dict) -> float:
         import optuna
 
+        from search.compress.runs import kernel_signature
         from search.study.sampling import sample_plan
 
         ctx, run = self.ctx, self.run
@@ -233,7 +234,10 @@ class PlanMeter:
         self.calls += 1
         fp32 = run.export(run.pruned(dict(plan.prune), recalibrate=False)[0], tag)
         try:
-            ms = run.score(run.quantized(fp32, dict(plan.bits), tag).path, evaluate=False)[1]
+            q = run.quantized(fp32, dict(plan.bits), tag)
+            with run.timer("quantize"):  # its seeded trial finds this measurement under the same key
+                kernels = kernel_signature(ctx.runs_as(q.path, fp32)[0])
+            ms = run.score(q.path, evaluate=False, kernels=kernels)[1]
         except TrialFailure:
             ms = float("inf")
         if self.progress:  # one line per plan: the allocation can take a minute on a small teacher

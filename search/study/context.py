@@ -134,6 +134,8 @@ class Context:
                         optimized=board)
         return found, where
 
-    def measure(self, onnx_path: Path, recheck: bool = False):
-        """`recheck`: a cache hit is confirmed by one fresh round (MeasurementCache.measure)."""
-        return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx, recheck=recheck)
+    def measure(self, onnx_path: Path, recheck: bool = False, kernels: str | None = None):
+        """`recheck`: a cache hit is confirmed by one fresh round (MeasurementCache.measure); `kernels`: the
+        file's `kernel_signature`, part of the cache key."""
+        return self.cache.measure(onnx_path, self.profile, self.backend, self.reference_onnx, recheck=recheck,
+                                  kernels=kernels)

@@ -159,6 +159,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
         from search.compress import Reexport, compare, distill, export_onnx, prune
+        from search.compress.runs import kernel_signature
 
         ctx = self.ctx
         budget_name, budget = self._budget(trial)
@@ -176,6 +177,7 @@ class Objective:
         skipped.update({k: f"prune: {v}" for k, v in pr.skipped.items() if plan.prune.get(k, 0) > 0})
         trial.set_user_attr(T_PRUNED, pr.applied(plan.prune))
         reexport = Reexport()  # the structure's export, given the trained weights after distillation
+        kernels: dict[str, str] = {}  # tag -> what the session runs per layer: part of the measurement's key
 
         def export_and_quantize(tag: str) -> Path:
             with timer("export"):
@@ -185,6 +187,7 @@ class Objective:
                 # What ONNX Runtime runs (its optimised graph, the profile's session options), not what was asked.
                 runs, where = ctx.runs_as(q.path, fp32)
                 trial.set_user_attr(T_RUNS_READ_ON, where)
+                kernels[tag] = kernel_signature(runs)
                 precision = compare({k: plan.bits.get(k, 32) for k in runs}, runs, q.dynamic)
                 for layer, why in {**q.notes, **{k: f"skipped: {v}" for k, v in q.skipped.items()}}.items():
                     if layer in precision:
@@ -196,7 +199,7 @@ class Objective:
         # Hardware first: latency and memory do not depend on trained weights.
         candidate = export_and_quantize("structure")
         with timer("measure"):
-            m = ctx.measure(candidate)
+            m = ctx.measure(candidate, kernels=kernels["structure"])
         if m.stopped:  # a measured verdict, not a failure: far over the memory budget
             return self._stopped(trial, m, candidate, timer, skipped, macs, params)
         latency = m.objective(ctx.profile.measure.statistic)
@@ -218,8 +221,8 @@ class Objective:
             student.cpu()
             trained = True
             candidate = export_and_quantize("final")
-            with timer("measure"):  # same structure: a cache hit, unless quantization changed the graph
-                m = ctx.measure(candidate, recheck=True)
+            with timer("measure"):  # same structure and kernels: a cache hit, unless calibration changed them
+                m = ctx.measure(candidate, recheck=True, kernels=kernels["final"])
             latency = m.objective(ctx.profile.measure.statistic)
             memory = float(m.memory_total_mb)
             model_mb = candidate.stat().st_size / MB
