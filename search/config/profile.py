@@ -48,6 +48,8 @@ class Measure(_Strict):
     token_env: str | None = Field(None, description="environment variable holding the token")
     tls_sha256: str | None = Field(None, description="SHA-256 of the agent's TLS certificate (https:// only): "
                                    "the client trusts that certificate alone")
+    pool: tuple[str, ...] = Field((), max_length=64, description="more agents on boards of the same model as url's: "
+                                  "each worker starts at its own and fails over to the next")
     warmup: int = Field(50, ge=0, le=100_000)
     repeats: int = Field(200, ge=1, le=1_000_000)
     batch: int = Field(1, ge=1, le=4096)
@@ -75,7 +77,11 @@ class Measure(_Strict):
                 raise ValueError("url must start with http:// or https://")
             if not self.token_env:
                 raise ValueError("backend 'remote' needs token_env (the variable holding the token)")
-        if self.tls_sha256 is not None and not (self.url or "").startswith("https://"):
+        if self.pool and self.backend != "remote":
+            raise ValueError("pool lists more agents of a remote backend; this backend is local")
+        if any(not u.startswith(("http://", "https://")) for u in self.pool):
+            raise ValueError("every pool url must start with http:// or https://")
+        if self.tls_sha256 is not None and not all(u.startswith("https://") for u in (self.url or "", *self.pool)):
             raise ValueError("tls_sha256 pins the certificate of an https:// agent; the url is not https://")
         return self
 
@@ -135,10 +141,11 @@ class DeviceProfile(_Strict):
         return frozenset(op for op in OP_TYPES if DYNAMIC_INT8 in self.precisions_for(op))
 
     def digest(self) -> str:
-        """Stable hash of everything that affects a measurement or a budget. The TLS pin is transport, not
-        measurement: pinning (or re-pinning) an agent's certificate must not orphan a study or its caches."""
+        """Stable hash of everything that affects a measurement or a budget. The TLS pin and the pool are
+        transport, not measurement: pinning an agent or adding a board must not orphan a study or its caches."""
         dump = self.model_dump(mode="json")
         dump["measure"].pop("tls_sha256")
+        dump["measure"].pop("pool")  # boards of the same model: adding one does not change what is measured
         blob = json.dumps(dump, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -1,4 +1,4 @@
-"""CLI glue for `hwsearch measure` and `hwsearch agent` (search/cli.py calls `register(subparsers)`).
+"""CLI glue for `hwsearch measure`, `hwsearch agent` and `hwsearch agents` (search/cli.py calls `register`).
 
 Nothing heavy is imported at module level so `hwsearch --help` stays fast; handlers return exit codes and
 raise UserError for bad input (the CLI prints it as one line, exit 2).
@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "profile pins its sha256, printed at start, as measure.tls_sha256")
     a.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     a.set_defaults(func=agent_command)
+
+    g = subparsers.add_parser("agents", help="the state of a remote profile's agents (url and pool)",
+                              description="Ask every agent of a remote profile for /v1/info: whether it answers, "
+                                          "its device, ONNX Runtime and queue. Exit status 1 when one does not.")
+    g.add_argument("--device", required=True, metavar="PROFILE", help="device profile (name or YAML file)")
+    g.add_argument("--format", choices=("table", "json"), default="table", help="output (default: table)")
+    g.set_defaults(func=agents_command)
 
 
 def _model_file(path: str, what: str) -> Path:
@@ -129,3 +136,43 @@ def agent_command(args: argparse.Namespace) -> int:
     agent.serve(args.host, args.port, token, max_upload_mb=args.max_upload_mb, queue_size=args.queue_size,
                 tls_cert=args.tls_cert, tls_key=args.tls_key, **limits)
     return 0
+
+
+def agents_command(args: argparse.Namespace) -> int:
+    from search.config.profile import load_profile
+    from search.measure.remote import RemoteBackend
+
+    profile = load_profile(args.device)
+    if profile.measure.backend != "remote":
+        raise UserError(f"--device {args.device}: profile '{profile.name}' measures locally (measure.backend: "
+                        "local); agents belong to a remote profile")
+    backend = RemoteBackend(profile, retries=1)
+    rows = []
+    for i, agent in enumerate(backend.agents):
+        backend._at = i
+        try:
+            info = backend._check(*backend._request("GET", "/v1/info", timeout=10), "info")
+        except (TrialFailure, UserError) as e:
+            rows.append({"url": agent.url, "up": False, "reason": str(e)})
+            continue
+        q = info.get("queue", {})
+        rows.append({"url": agent.url, "up": True, "device": info.get("summary"), "ort": info.get("ort_version"),
+                     "agent": info.get("agent_version"), "busy": q.get("busy"), "waiting": q.get("waiting"),
+                     "queue_size": q.get("size")})
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"agents of {profile.name}")
+        for col in ("agent", "state", "device", "ONNX Runtime", "queue"):
+            t.add_column(col)
+        for r in rows:
+            if r["up"]:
+                queue = f"{'busy' if r['busy'] else 'idle'}, {r['waiting']} waiting of {r['queue_size']}"
+                t.add_row(r["url"], "up", r["device"] or "?", r["ort"] or "?", queue)
+            else:
+                t.add_row(r["url"], "DOWN", r["reason"][:100], "-", "-")
+        Console().print(t)
+    return 0 if all(r["up"] for r in rows) else 1

@@ -18,7 +18,10 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlencode
 
 from search.config.profile import DeviceProfile
@@ -27,6 +30,7 @@ from search.measure import agent_tls
 from search.measure.local import existing, memory_limit_mb
 from search.measure.record import Baselines, LatencyStats, Measurement
 
+T = TypeVar("T")
 _TRANSIENT = (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)
 
 
@@ -34,17 +38,35 @@ class AgentUnreachable(TrialFailure):
     """The agent did not answer (refused, reset, name not found) after the retries."""
 
 
+@dataclass
+class _Agent:
+    """One board of the pool, as this client knows it."""
+
+    url: str
+    max_upload_mb: float | None = None  # read from /v1/info before the first measurement
+    max_request_s: float = 600.0  # the agent's --max-request-seconds
+    uploaded: set[str] = field(default_factory=set)  # reference models it holds
+    down_until: float = 0.0  # time.monotonic() before which it is set aside (it did not answer)
+
+
 class RemoteBackend:
-    """Measure on a device running `hwsearch agent`; the token comes from $<profile.measure.token_env>."""
+    """Measure on a device running `hwsearch agent`; the token comes from $<profile.measure.token_env>.
+
+    A pool (`measure.url` plus `measure.pool`: boards of one model) is shared by failing over: each process
+    starts at its own board (by pid), and an agent that does not answer is set aside for DOWN_S while the same
+    request goes to the next. A request is answered by one agent only, so nothing is measured twice."""
 
     name = "remote"
+    DOWN_S = 30.0
 
     def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
                  sample: str | None = None, retries: int = 4, backoff_s: float = 0.5) -> None:
         m = profile.measure
         if not m.url or not m.token_env:
             raise UserError(f"profile {profile.name}: the remote backend needs measure.url and token_env")
-        self.profile, self.url = profile, m.url.rstrip("/")
+        self.profile = profile
+        self.agents = [_Agent(u) for u in dict.fromkeys(u.rstrip("/") for u in (m.url, *m.pool))]
+        self._at = os.getpid() % len(self.agents)  # the workers of a study spread over the pool
         token = os.environ.get(m.token_env, "").strip()
         if not token:
             raise UserError(f"environment variable {m.token_env} is not set; it must hold the token of the "
@@ -54,9 +76,26 @@ class RemoteBackend:
         self.retries, self.backoff_s = max(1, retries), backoff_s
         self.baselines = Baselines(reference_baseline)
         self.sample = sample  # runner.encode_sample of one task input: the feed, sent in the query
-        self._max_upload_mb: float | None = None
-        self._max_request_s = 600.0  # the agent's --max-request-seconds, read with max_upload_mb
-        self._uploaded: set[str] = set()  # reference models the agent holds
+
+    @property
+    def url(self) -> str:
+        """The agent this process talks to now."""
+        return self.agents[self._at].url
+
+    def _failover(self, work: Callable[[_Agent], T]) -> T:
+        """`work(agent)` on this process's agent; one that is unreachable is set aside for DOWN_S and the next is
+        tried (agents set aside come last, not never: a whole pool down is still tried once each)."""
+        start, n, now = self._at, len(self.agents), time.monotonic()
+        ring = sorted(((start + k) % n for k in range(n)), key=lambda i: self.agents[i].down_until > now)
+        errors: list[str] = []
+        for i in ring:
+            self._at, agent = i, self.agents[i]
+            try:
+                return work(agent)
+            except AgentUnreachable as e:
+                agent.down_until = time.monotonic() + self.DOWN_S
+                errors.append(str(e))
+        raise AgentUnreachable(errors[0] if n == 1 else f"every agent of the pool is unreachable: {'; '.join(errors)}")
 
     # ---- HTTP ---------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: bytes | None = None,
@@ -100,11 +139,14 @@ class RemoteBackend:
 
     def info(self) -> dict:
         """The device description the agent reports (platform, cpu, cores, versions, limits)."""
-        return self._check(*self._request("GET", "/v1/info"), "info")
+        return self._failover(lambda _: self._check(*self._request("GET", "/v1/info"), "info"))
 
     def optimized_model(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict]:
         """(the graph the device's ONNX Runtime executes for the model, with the profile's session options; where
         it was made): the board's own view of what each layer runs as (search.compress.runs.classify)."""
+        return self._failover(lambda _: self._optimized_here(onnx_path))
+
+    def _optimized_here(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict]:
         path = existing(onnx_path, "model")
         m, rt = self.profile.measure, self.profile.runtime
         query = urlencode({"threads": rt.threads, "graph_optimization": rt.graph_optimization,
@@ -121,6 +163,9 @@ class RemoteBackend:
     def run_outputs(self, onnx_path: str | os.PathLike, inputs: dict) -> tuple[dict, dict]:
         """({output name: array} of the model run once on the device on `inputs` ({input name: array}), where it
         ran): `export --verify` compares them with this machine's outputs."""
+        return self._failover(lambda _: self._run_here(onnx_path, inputs))
+
+    def _run_here(self, onnx_path: str | os.PathLike, inputs: dict) -> tuple[dict, dict]:
         import numpy as np
 
         data = existing(onnx_path, "model").read_bytes()
@@ -148,20 +193,24 @@ class RemoteBackend:
     def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,
                 rounds: int | None = None, max_rounds: int | None = None) -> Measurement:
         """`rounds` / `max_rounds` override the profile's (the cache's one-round re-check)."""
+        return self._failover(lambda agent: self._measure_here(agent, onnx_path, reference_path, rounds, max_rounds))
+
+    def _measure_here(self, agent: _Agent, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None,
+                      rounds: int | None, max_rounds: int | None) -> Measurement:
         path = existing(onnx_path, "model")
         data = path.read_bytes()
-        if self._max_upload_mb is None:
-            info = self.info()
-            self._max_upload_mb = float(info.get("max_upload_mb", 64))
-            self._max_request_s = float(info.get("max_request_s", self._max_request_s))
-        if len(data) > self._max_upload_mb * 2**20:  # refused mid-upload, it would look like a reset socket
+        if agent.max_upload_mb is None:
+            info = self._check(*self._request("GET", "/v1/info"), "info")
+            agent.max_upload_mb = float(info.get("max_upload_mb", 64))
+            agent.max_request_s = float(info.get("max_request_s", agent.max_request_s))
+        if len(data) > agent.max_upload_mb * 2**20:  # refused mid-upload, it would look like a reset socket
             raise TrialFailure(f"{path.name} is {len(data) / 2**20:.1f} MB; the agent at {self.url} accepts "
-                               f"at most {self._max_upload_mb:g} MB")
+                               f"at most {agent.max_upload_mb:g} MB")
         m, rt = self.profile.measure, self.profile.runtime
         rounds = rounds or m.rounds
         # Extra rounds only as far as the agent's bound (max_rounds + 1) x timeout_s allows; `rounds` itself
         # over it is the agent's clear 400.
-        fits = math.floor(self._max_request_s / m.timeout_s) - 1
+        fits = math.floor(agent.max_request_s / m.timeout_s) - 1
         max_rounds = max(rounds, min(max_rounds or m.max_rounds, fits))
         # An agent from before the agreement rule refuses max_rounds and agree by name (400): update it.
         params: dict = {"warmup": m.warmup, "repeats": m.repeats, "batch": m.batch, "threads": rt.threads,
@@ -182,9 +231,9 @@ class RemoteBackend:
         # A request may wait for the queue, then runs up to `max_rounds` rounds each bounded by timeout_s.
         timeout = m.timeout_s * (max_rounds + 1) * 3 + 30
         for attempt in range(2):
-            if ref_data is not None and ref_key is not None and (attempt or ref_key not in self._uploaded):
+            if ref_data is not None and ref_key is not None and (attempt or ref_key not in agent.uploaded):
                 self._check(*self._request("POST", "/v1/reference", ref_data), "the reference model")
-                self._uploaded.add(ref_key)
+                agent.uploaded.add(ref_key)
             status, payload = self._request("POST", "/v1/measure?" + urlencode(params), data, timeout)
             if status != 409:  # 409: the agent restarted and lost the reference; upload it again
                 break
