@@ -144,6 +144,15 @@ def main() -> int:
     result.update(study=preset.study, complete=len(complete), failed=int((df.state == "FAIL").sum()),
                   feasible=int(complete.feasible.sum()), teacher={**view.teacher, "test": view.teacher_test},
                   front=_front_rows(view))
+    # Seconds per stage and the share of trial time that is neither distillation nor evaluation (bench_stages.py's
+    # table), read here because a fresh clone is deleted once reported.
+    from bench_stages import stage_table
+
+    result["stages"] = stage_table(view)
+    trained = result["stages"]["trained (explore + refine)"]
+    if trained.get("trials"):
+        print(f"trained trials: {trained['trials']}, mean {trained['mean_wall_seconds']:.1f} s, non-training share "
+              f"{trained['overhead_share']:.1%} (stages: {trained['mean_seconds']})")
     rows = [[str(r["trial"]), f"{r['val_top1']:.2%}", f"{r['test_top1']:.2%}" if r["test_top1"] else "-",
              f"{r['test_change']:+.2f} ± {r['test_se']:.2f}" if r["test_change"] is not None else "-",
              r["test_verdict"], f"{r['speedup']:.2f}x", f"{r['mean_prune_applied']:.0%}",
