@@ -1,5 +1,5 @@
 """Measurements that training workers cannot disturb: while a local measurement runs, training steps guarded
-by `training_step` (every study worker's distillation steps) wait, so the latency recorded during a busy study
+by `cpu_work` (every study worker's distillation steps) wait, so the latency recorded during a busy study
 is the idle machine's. The control measures the same model under the same load without the pause."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timing]
 # measured core is always contended unless the steps pause.
 TRAINER = """
 import os, sys, time, torch
-from search.measure.local import training_step
+from search.measure.local import cpu_work
 cores = sorted(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cores[-1]})
 torch.set_num_threads(2)
@@ -31,7 +31,7 @@ x = torch.rand(16, 3, 32, 32)
 stop = time.monotonic() + float(sys.argv[1])
 print("ready", flush=True)
 while time.monotonic() < stop:
-    with training_step():
+    with cpu_work():
         opt.zero_grad(); net(x).square().mean().backward(); opt.step()
 """
 SETTINGS = {"warmup": 50, "repeats": 400, "rounds": 3}

@@ -40,8 +40,6 @@ MB = 1024 * 1024  # model_mb is MiB, as the search records it
 # an int8 kernel that rounds one requantization step differently; a wrong kernel or layout is far beyond it.
 DEVICE_SAMPLES = 16
 DEVICE_OUTPUT_TOL = 0.02
-_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(double)": "float64",
-           "tensor(uint8)": "uint8"}
 
 
 @dataclass(frozen=True)
@@ -123,13 +121,11 @@ def device_outputs_row(backend: Any, model: Path, x: Any) -> VerifyRow:
     samples) against the same file run here. Numerics that differ on the board (its own int8/int4 kernels,
     another ONNX Runtime build) are caught before deployment. Single-input models (the task's arrays)."""
     import numpy as np
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    feed = {inp.name: np.ascontiguousarray(x, dtype=_DTYPES.get(inp.type, np.float32))}
+    from search.measure.accuracy import eval_session
+
+    sess, name, dtype = eval_session(model)  # the session and input conversion every score uses
+    feed = {name: np.ascontiguousarray(x, dtype=dtype)}
     here = dict(zip((o.name for o in sess.get_outputs()), sess.run(None, feed), strict=True))
     try:
         there, where = backend.run_outputs(model, feed)

@@ -18,7 +18,7 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
-def _session(path: str | os.PathLike):
+def eval_session(path: str | os.PathLike):
     """(evaluation session, its input's name, the numpy dtype it takes: token ids stay integers)."""
     import onnxruntime as ort
 
@@ -34,7 +34,7 @@ def _session(path: str | os.PathLike):
 def _batches(path: str | os.PathLike, x: np.ndarray, batch: int):
     """(start, first output) per batch of `x`, in order: a language model's (N, T, V) outputs over a whole
     split would not fit in memory, so scoring consumes them batch by batch."""
-    sess, name, dtype = _session(path)
+    sess, name, dtype = eval_session(path)
     x = np.ascontiguousarray(x, dtype=dtype)
     for i in range(0, len(x), batch):
         yield i, sess.run(None, {name: x[i : i + batch]})[0]

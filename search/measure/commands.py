@@ -146,17 +146,13 @@ def agents_command(args: argparse.Namespace) -> int:
     if profile.measure.backend != "remote":
         raise UserError(f"--device {args.device}: profile '{profile.name}' measures locally (measure.backend: "
                         "local); agents belong to a remote profile")
-    backend = RemoteBackend(profile, retries=1)
     rows = []
-    for i, agent in enumerate(backend.agents):
-        backend._at = i
-        try:
-            info = backend._check(*backend._request("GET", "/v1/info", timeout=10), "info")
-        except (TrialFailure, UserError) as e:
-            rows.append({"url": agent.url, "up": False, "reason": str(e)})
+    for url, info in RemoteBackend(profile, retries=1).agent_infos():
+        if isinstance(info, str):
+            rows.append({"url": url, "up": False, "reason": info})
             continue
         q = info.get("queue", {})
-        rows.append({"url": agent.url, "up": True, "device": info.get("summary"), "ort": info.get("ort_version"),
+        rows.append({"url": url, "up": True, "device": info.get("summary"), "ort": info.get("ort_version"),
                      "agent": info.get("agent_version"), "busy": q.get("busy"), "waiting": q.get("waiting"),
                      "queue_size": q.get("size")})
     if args.format == "json":

@@ -113,9 +113,6 @@ def cpu_work() -> Iterator[None]:
             fcntl.flock(steps, fcntl.LOCK_UN)
 
 
-training_step = cpu_work  # the name distillation's step guard had first
-
-
 class LocalBackend:
     """Measure on this machine under the profile's runtime settings (threads pinned to as many cores)."""
 

@@ -141,18 +141,34 @@ class RemoteBackend:
         """The device description the agent reports (platform, cpu, cores, versions, limits)."""
         return self._failover(lambda _: self._check(*self._request("GET", "/v1/info"), "info"))
 
-    def optimized_model(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict]:
+    def agent_infos(self) -> list[tuple[str, dict | str]]:
+        """[(url, its /v1/info or why it did not answer)] for every agent of the pool, each asked once."""
+        out: list[tuple[str, dict | str]] = []
+        start = self._at
+        for i, agent in enumerate(self.agents):
+            self._at = i
+            try:
+                out.append((agent.url, self._check(*self._request("GET", "/v1/info", timeout=10), "info")))
+            except (TrialFailure, UserError) as e:
+                out.append((agent.url, str(e)))
+        self._at = start
+        return out
+
+    def optimized_model(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict] | None:
         """(the graph the device's ONNX Runtime executes for the model, with the profile's session options; where
-        it was made): the board's own view of what each layer runs as (search.compress.runs.classify)."""
+        it was made): the board's own view of what each layer runs as (search.compress.runs.classify). None from
+        an agent that predates /v1/optimize (404)."""
         return self._failover(lambda _: self._optimized_here(onnx_path))
 
-    def _optimized_here(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict]:
+    def _optimized_here(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict] | None:
         path = existing(onnx_path, "model")
         m, rt = self.profile.measure, self.profile.runtime
         query = urlencode({"threads": rt.threads, "graph_optimization": rt.graph_optimization,
                            "timeout_s": m.timeout_s})
-        payload = self._check(*self._request("POST", "/v1/optimize?" + query, path.read_bytes(),
-                                             m.timeout_s * 3 + 30), f"to optimize {path.name}")
+        status, payload = self._request("POST", "/v1/optimize?" + query, path.read_bytes(), m.timeout_s * 3 + 30)
+        if status == 404:
+            return None
+        payload = self._check(status, payload, f"to optimize {path.name}")
         try:
             graph = base64.b64decode(payload.pop("onnx"), validate=True)
         except (KeyError, ValueError, TypeError):

@@ -123,9 +123,7 @@ def optimize(model: str, out: str, *, threads: int = 1, graph_optimization: str 
     `optimized_model_filepath`), in a fresh process as a round; the record of where it was made."""
     run_round({"model": model, "optimize_to": out, "threads": threads, "graph_optimization": graph_optimization,
                "cpus": pick_cpus(threads)}, timeout_s)
-    device = describe_device()
-    return {"device": device["summary"], "ort_version": device["ort_version"],
-            "graph_optimization": graph_optimization, "threads": threads}
+    return {**_ran_on(), "graph_optimization": graph_optimization, "threads": threads}
 
 
 def run_outputs(model: str, inputs: str, out: str, *, threads: int = 1, graph_optimization: str = "all",
@@ -135,6 +133,10 @@ def run_outputs(model: str, inputs: str, out: str, *, threads: int = 1, graph_op
     run_round({"model": model, "run_inputs": inputs, "run_outputs": out, "threads": threads,
                "graph_optimization": graph_optimization, "memory_limit_mb": memory_limit_mb,
                "cpus": pick_cpus(threads)}, timeout_s)
+    return _ran_on()
+
+
+def _ran_on() -> dict:
     device = describe_device()
     return {"device": device["summary"], "ort_version": device["ort_version"]}
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from search.config import DeviceProfile, SearchSpace
-from search.errors import TrialFailure
 from search.measure.cache import MeasurementCache
 from search.study.sampling import SearchLayers
 from search.tasks import Task
@@ -123,13 +122,10 @@ class Context:
         rt = self.profile.runtime
         board, where = None, "host"
         if self.profile.measure.backend == "remote":
-            try:
-                graph, made = self.backend.optimized_model(quantized)
-                board, where = onnx.load_from_string(graph), f"device: {made.get('device', '?')}"
-            except TrialFailure as e:
-                if "(404)" not in str(e):
-                    raise
+            if (answer := self.backend.optimized_model(quantized)) is None:
                 where = "host (the agent predates /v1/optimize)"
+            else:
+                board, where = onnx.load_from_string(answer[0]), f"device: {answer[1].get('device', '?')}"
         found = runs_as(quantized, layer_nodes, graph_optimization=rt.graph_optimization, threads=rt.threads,
                         optimized=board)
         return found, where
