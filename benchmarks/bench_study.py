@@ -4,6 +4,7 @@
     python benchmarks/bench_study.py demo                 # the demo's study in this checkout (results/demo)
     python benchmarks/bench_study.py thorough             # the published study (spaces/thorough.yaml)
     python benchmarks/bench_study.py resnet18             # the realistic-size teacher (fashion-mnist-resnet18)
+    python benchmarks/bench_study.py lm                   # the small language model on real text (wordnet-lm)
 
 Writes benchmarks/results/study-<preset>.json: wall seconds, the longest silence in the log (seconds
 between two lines), counts, the teacher's val and test top-1, and every front point with val top-1, test
@@ -44,6 +45,9 @@ PRESETS = {
     "resnet18": Preset("resnet18", ("--task", "fashion-mnist-resnet18", "--space", "spaces/default.yaml", "--device",
                                     "device_profiles/local-1core.yaml", "--trials", "14", "--refine", "1",
                                     "--seed-plans")),
+    # the small language model on real text (wordnet-lm): per-token KD, head/MLP/width pruning, int8/int4 MatMul
+    "lm": Preset("lm", ("--task", "wordnet-lm", "--space", "spaces/language-model.yaml", "--device",
+                        "device_profiles/local-1core.yaml", "--trials", "16", "--refine", "3")),
 }
 
 
@@ -141,7 +145,8 @@ def main() -> int:
     view = open_study(preset.study, root / "results")
     df = view.all_trials
     complete = df[df.state == "COMPLETE"]
-    result.update(study=preset.study, complete=len(complete), failed=int((df.state == "FAIL").sum()),
+    result.update(study=preset.study, metric=view.metric_name, complete=len(complete),
+                  failed=int((df.state == "FAIL").sum()),
                   feasible=int(complete.feasible.sum()), teacher={**view.teacher, "test": view.teacher_test},
                   front=_front_rows(view))
     # Seconds per stage and the share of trial time that is neither distillation nor evaluation (bench_stages.py's

@@ -119,7 +119,7 @@ def cmd_shipped(args: argparse.Namespace) -> int:
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from search.tasks.builtin import BUILTIN_TASKS, load_builtin
-    from search.tasks.teacher import cached_meta
+    from search.tasks.teacher import cached_meta, output_kind
 
     if args.retrain:
         if args.retrain not in BUILTIN_TASKS:
@@ -127,8 +127,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         task = load_builtin(args.retrain, data_dir=args.data_dir, results_dir=args.results, retrain=True)
         info = task.teacher_info
         src = Path(args.results) / "teachers" / f"{args.retrain}-{info['key']}"
-        print(f"trained {args.retrain} teacher {info['key']} in {info['train_seconds']:.0f} s: val top-1 "
-              f"{info['val_accuracy']:.2%} ({src}.pt)")
+        print(f"trained {args.retrain} teacher {info['key']} in {info['train_seconds']:.0f} s: val "
+              f"{task.metric.name} {info['val_accuracy']:.2%} ({src}.pt)")
         if args.ship:
             from search.tasks.teacher import SHIPPED_DIR
 
@@ -142,8 +142,9 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     for name, b in BUILTIN_TASKS.items():
         meta = cached_meta(args.results, name)
         if meta:
+            judged = "next-token top-1" if output_kind(b.spec) == "tokens" else "top-1"
             teacher = (f"{meta['params'] / 1e3:.1f}k params, {meta['macs'] / 1e6:.2f}M MACs, "
-                       f"val top-1 {meta['val_accuracy'] * 100:.2f}%")
+                       f"val {judged} {meta['val_accuracy'] * 100:.2f}%")
         else:
             teacher = "not trained yet (trained on first use)"
         shape = "x".join(map(str, b.input_shape))

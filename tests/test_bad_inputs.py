@@ -213,7 +213,7 @@ CASES = [
     Case("run-results-under-a-file", [*RUN, "--results", "{d}/not_a_db.txt/results"], "not_a_db.txt"),
     # ---- `--task`
     Case("task-unknown-name", [*RUN_TASK, "nope"], "--task 'nope': expected a built-in (digits, fashion-mnist, "
-         "fashion-mnist-resnet18, wordnet-supersense)"),
+         "fashion-mnist-resnet18, wordnet-supersense, wordnet-lm)"),
     Case("task-file-missing", [*RUN_TASK, "missing.py:f"], "--task 'missing.py:f': file missing.py not found"),
     Case("task-function-missing", [*RUN_TASK, "{d}/tasks.py:not_there"], "tasks.py has no function 'not_there'"),
     Case("task-function-raises", [*RUN_TASK, "{d}/tasks.py:raises"],

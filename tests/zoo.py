@@ -315,42 +315,12 @@ def TinyBert() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
 LM_VOCAB, LM_LEN = 32, 12  # id 0: padding; sequences of 6-12 tokens
 
 
-class CausalLayer(nn.Module):
-    """GPT's pre-LN block: x += attn(LN(x)) under a causal mask; x += MLP(LN(x))."""
+def TinyLM() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
+    """The wordnet-lm teacher's architecture (search.tasks.decoder: GPT's pre-LN blocks under a causal mask) in
+    small: (N, T) ids -> (N, T, V) next-token logits, 2 layers of width 32, 4 heads."""
+    from search.tasks.decoder import DecoderSpec
 
-    def __init__(self, dim: int, heads: int, ff: int) -> None:
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.up = nn.Linear(dim, ff)
-        self.down = nn.Linear(ff, dim)
-
-    def forward(self, x: torch.Tensor, causal: torch.Tensor) -> torch.Tensor:
-        h = self.attention_norm(x)
-        x = x + self.attention(h, h, h, attn_mask=causal, need_weights=False)[0]
-        return x + self.down(F.gelu(self.up(self.mlp_norm(x))))
-
-
-class TinyLM(nn.Module):
-    """A causal language model over token ids: (N, T) ids -> (N, T, V) next-token logits."""
-
-    def __init__(self, vocab: int = LM_VOCAB, dim: int = 32, heads: int = 4, ff: int = 64, depth: int = 2,
-                 max_len: int = LM_LEN) -> None:
-        super().__init__()
-        self.embeddings = nn.Embedding(vocab, dim)
-        self.positions = nn.Embedding(max_len, dim)
-        self.layers = nn.ModuleList([CausalLayer(dim, heads, ff) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim)
-        self.lm_head = nn.Linear(dim, vocab)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        t = ids.shape[1]
-        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).triu(1)  # True: may not attend
-        x = self.embeddings(ids) + self.positions(torch.arange(t, device=ids.device)).unsqueeze(0)
-        for layer in self.layers:
-            x = layer(x, causal)
-        return self.lm_head(self.norm(x))
+    return DecoderSpec(vocab=LM_VOCAB, max_len=LM_LEN, dim=32, heads=4, ff=64, depth=2).build()
 
 
 def lm_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from search.tasks.base import IMAGE_INPUT, InputSpec, Task
+from search.tasks.decoder import WORDNET_LM_SPEC
 from search.tasks.encoder import WORDNET_SPEC
 from search.tasks.models import DIGITS_SPEC, FASHION_RESNET_SPEC, FASHION_SPEC
-from search.tasks.teacher import TeacherSpec, TrainRecipe
-from search.tasks.wordnet import SUPERSENSES, load_wordnet_supersense
+from search.tasks.teacher import TeacherSpec, TrainRecipe, output_kind
+from search.tasks.wordnet import SUPERSENSES, load_wordnet_lm, load_wordnet_supersense
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ def _fashion(data_dir: str | Path | None) -> dict[str, np.ndarray]:
 
 _WORDNET_INPUT = InputSpec(dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
                            normalisation="token ids of search.tasks.wordnet.encode (0 = padding, 1 = unknown)")
+_WORDNET_LM_INPUT = InputSpec(dtype="int64", value_range=(0.0, WORDNET_LM_SPEC.vocab - 1.0),
+                              normalisation="token ids of search.tasks.wordnet.encode with its LM_VOCAB words "
+                                            "(0 = padding after the text, 1 = unknown)")
 _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
@@ -71,6 +75,13 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
             (WORDNET_SPEC.max_len,), tuple(n.removeprefix("noun.") for n in SUPERSENSES.values()),
             load_wordnet_supersense, _WORDNET_INPUT,
         ),
+        BuiltinTask(
+            "wordnet-lm", "a causal language model on real text: next-word prediction over the same WordNet "
+            "glosses and splits (4,096 words, 32 positions; unknown words and padding are not scored); a 4-layer "
+            "GPT-style teacher; latency is one forward pass over a 32-token prompt",
+            WORDNET_LM_SPEC, TrainRecipe(epochs=6, lr=0.002, batch_size=128, label_smoothing=0.0),
+            (WORDNET_LM_SPEC.max_len,), (), load_wordnet_lm, _WORDNET_LM_INPUT,
+        ),
     )
 }
 
@@ -99,6 +110,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
         num_classes=b.spec.num_classes,
         class_names=b.class_names,
         input_spec=b.input_spec,
+        output_kind=output_kind(b.spec),
         description=b.description,
         teacher_info=meta,
         augment=functools.partial(augment_batch, recipe=b.recipe) if b.recipe.flip or b.recipe.shift else None,

@@ -18,13 +18,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from search.tasks.decoder import DecoderSpec
 from search.tasks.encoder import EncoderSpec
 from search.tasks.models import EdgeNetSpec, ResNetSpec
 from search.utils.atomic import atomic_write_bytes, atomic_write_text
 from search.utils.files import sha256_file
 from search.utils.progress import progress_bar
 
-TeacherSpec = EdgeNetSpec | ResNetSpec | EncoderSpec
+TeacherSpec = EdgeNetSpec | ResNetSpec | EncoderSpec | DecoderSpec
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,46 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, recipe: TrainRecipe) ->
     return x
 
 
+def output_kind(spec: TeacherSpec) -> str:
+    """What the teacher's output is: "tokens" for a language model, else class logits."""
+    return getattr(spec, "output_kind", "classes")
+
+
+def _loss(out: torch.Tensor, y: torch.Tensor, recipe: TrainRecipe, kind: str) -> torch.Tensor:
+    if kind == "tokens":  # (N, T, V) logits: every scored position is a sample; padding trains nothing
+        from search.metrics import IGNORE_INDEX
+
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
+                               label_smoothing=recipe.label_smoothing)
+    return F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 1000) -> float:
+def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 1000,
+             kind: str = "classes") -> float:
+    """The task's default metric (top-1, or next-token top-1 per sequence) averaged over the samples."""
+    from search.metrics import DEFAULT_METRIC
+
     model.eval()
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    x, y = torch.as_tensor(x), np.asarray(y)
     dev = next(model.parameters()).device
-    correct = 0
+    metric = DEFAULT_METRIC[kind]
+    scores = [metric(model(x[i : i + batch].to(dev)).cpu().numpy(), y[i : i + batch]) for i in range(0, len(x), batch)]
+    return float(np.concatenate(scores).mean())
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    """exp(mean cross-entropy over the scored positions) of a language model's (N, T, V) logits."""
+    from search.metrics import IGNORE_INDEX
+
+    model.eval()
+    total, count = 0.0, 0
     for i in range(0, len(x), batch):
-        correct += (model(x[i : i + batch].to(dev)).argmax(1).cpu() == y[i : i + batch]).sum().item()
-    return correct / len(x)
+        out, t = model(torch.as_tensor(x[i : i + batch])), torch.as_tensor(y[i : i + batch])
+        total += F.cross_entropy(out.flatten(0, 1), t.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
+        count += int((t != IGNORE_INDEX).sum())
+    return math.exp(total / max(count, 1))
 
 
 def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.ndarray], *, label: str,
@@ -80,6 +112,7 @@ def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.nda
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model = spec.build().to(device)
+    kind = output_kind(spec)
     x, y = torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])
     steps_per_epoch = math.ceil(len(x) / recipe.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -94,7 +127,7 @@ def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.nda
                 idx = order[i : i + recipe.batch_size]
                 xb = augment_batch(x[idx], gen, recipe).to(device)
                 with step_guard() if step_guard else nullcontext():
-                    loss = F.cross_entropy(model(xb), y[idx].to(device), label_smoothing=recipe.label_smoothing)
+                    loss = _loss(model(xb), y[idx].to(device), recipe, kind)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -102,8 +135,11 @@ def train_teacher(spec: TeacherSpec, recipe: TrainRecipe, data: dict[str, np.nda
                 bar.advance(1, f"loss {loss.item():.3f}")
     seconds = time.perf_counter() - t0
     model = model.cpu().eval()
-    acc = evaluate(model, data["val_x"], data["val_y"])
-    return model, {"val_accuracy": acc, "train_seconds": round(seconds, 1)}
+    stats = {"val_accuracy": evaluate(model, data["val_x"], data["val_y"], kind=kind),
+             "train_seconds": round(seconds, 1)}
+    if kind == "tokens":
+        stats["val_perplexity"] = round(perplexity(model, data["val_x"], data["val_y"]), 3)
+    return model, stats
 
 
 def cache_key(name: str, spec: TeacherSpec, recipe: TrainRecipe, data_fp: str) -> str:

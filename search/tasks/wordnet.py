@@ -15,9 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from search.metrics import IGNORE_INDEX
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 SEQ_LEN = 32  # 98% of the glosses fit
 VOCAB = 8192  # ids: 0 padding, 1 unknown, then the training split's most frequent words
+LM_VOCAB = 4096  # the language model's: its output layer is dim x LM_VOCAB per position
 PAD, UNK = 0, 1
 SPLIT_SEED = 0
 # WordNet's lexicographer file numbers (lexnames) of the ten largest noun supersenses, largest first.
@@ -78,17 +81,45 @@ def encode(texts: list[str], vocab: dict[str, int], seq_len: int = SEQ_LEN) -> n
     return ids
 
 
-def load_wordnet_supersense(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+def _splits(data_dir: str | Path | None) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(glosses, labels, {split: indices}): stratified by supersense, 80/10/10, seeded."""
     from search.tasks.data import stratified_split
 
     texts, labels = read_glosses(wordnet_dir(data_dir))
     n = len(texts) // 10
     rest, test = stratified_split(labels, n, SPLIT_SEED)
     kept, val = stratified_split(labels[rest], n, SPLIT_SEED)
-    parts = {"test": test, "val": rest[val], "train": rest[kept]}
+    return texts, labels, {"test": test, "val": rest[val], "train": rest[kept]}
+
+
+def load_wordnet_supersense(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    texts, labels, parts = _splits(data_dir)
     vocab = build_vocab([texts[i] for i in parts["train"]])  # from train only: val/test words can be unknown
     out: dict[str, np.ndarray] = {}
     for split, idx in parts.items():
         out[f"{split}_x"] = encode([texts[i] for i in idx], vocab)
         out[f"{split}_y"] = labels[idx]
+    return out
+
+
+def next_token_targets(ids: np.ndarray) -> np.ndarray:
+    """Position t's target is token t + 1; IGNORE_INDEX where that is padding, an unknown word (17% of the
+    words with LM_VOCAB: predicting "some rare word" is no skill to score) or past the sequence's end."""
+    targets = np.full_like(ids, IGNORE_INDEX)
+    targets[:, :-1] = ids[:, 1:]
+    targets[(targets == PAD) | (targets == UNK)] = IGNORE_INDEX
+    return targets
+
+
+def load_wordnet_lm(data_dir: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The same glosses and splits as `load_wordnet_supersense`, for next-token prediction: ids (N, SEQ_LEN) over
+    the training glosses' LM_VOCAB most frequent words; targets the next known word's id (`next_token_targets`)."""
+    texts, _labels, parts = _splits(data_dir)
+    vocab = build_vocab([texts[i] for i in parts["train"]], size=LM_VOCAB)
+    out: dict[str, np.ndarray] = {}
+    for split, idx in parts.items():
+        ids = encode([texts[i] for i in idx], vocab)
+        targets = next_token_targets(ids)
+        scored = (targets != IGNORE_INDEX).any(1)  # a gloss with no known next word would score 0 for everyone
+        out[f"{split}_x"], out[f"{split}_y"] = ids[scored], targets[scored]
     return out
