@@ -66,6 +66,7 @@ teachers: setup data
 	$(BIN)/hwsearch tasks --retrain digits --ship
 	$(BIN)/hwsearch tasks --retrain fashion-mnist --ship
 	$(BIN)/hwsearch tasks --retrain wordnet-supersense --ship
+	$(BIN)/hwsearch tasks --retrain wordnet-lm --ship
 
 lint: setup
 	$(BIN)/ruff check search tests benchmarks

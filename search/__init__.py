@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # module -> the public names it defines
 _EXPORTS = {
-    "search.tasks": ("Task", "InputSpec", "load_task"),
+    "search.tasks": ("Task", "InputSpec", "InputsDataset", "load_task"),
     "search.config": ("DeviceProfile", "SearchSpace", "load_profile", "load_space"),
     "search.errors": ("UserError", "TrialFailure"),
     "search.plan": ("Plan",),

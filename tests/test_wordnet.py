@@ -46,20 +46,6 @@ def test_encoding_truncates_pads_and_marks_unknown_words():
     assert wn.encode(["cat"], vocab, seq_len=3).tolist() == [[3, wn.PAD, wn.PAD]]
 
 
-def test_language_model_data_predicts_the_next_known_word_of_the_same_glosses():
-    from search.metrics import IGNORE_INDEX
-
-    lm = wn.load_wordnet_lm()  # the supersense splits less the ~2% of glosses with no known next word
-    assert {s: len(lm[f"{s}_x"]) for s in ("train", "val", "test")} == {"train": 49667, "val": 6222, "test": 6201}
-    x, y = lm["val_x"], lm["val_y"]
-    assert x.dtype == y.dtype == np.int64 and x.shape == y.shape and x.max() < wn.LM_VOCAB
-    assert (x[:, 0] != wn.PAD).all()
-    scored = y != IGNORE_INDEX
-    assert (y[scored] == x[:, 1:][scored[:, :-1]]).all() and not scored[:, -1].any()  # t predicts t + 1
-    assert not (scored[:, :-1] & ((x[:, 1:] == wn.PAD) | (x[:, 1:] == wn.UNK))).any()  # padding, unknown: no score
-    assert scored.sum(1).min() >= 1 and 8 < scored.sum(1).mean() < 12
-
-
 def test_missing_wordnet_is_a_clear_error(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(wn, "WORDNET_DIR", tmp_path)
     monkeypatch.delenv("HWSEARCH_WORDNET", raising=False)
@@ -137,53 +123,3 @@ def test_a_study_of_real_text_runs_and_dynamic_int8_keeps_the_teachers_accuracy(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]
 
-
-LM_PROFILE = f"""name: quick-1core-lm
-description: 1 core, few repeats (tests); MatMul in dynamic int8 or int4 (MatMulNBits)
-runtime: {{threads: 1}}
-precisions: {{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic, int4]}}
-channel_multiple: 8
-budgets: {{latency_ms: 20.0, memory_mb: 1000.0, model_mb: 50.0}}
-measure: {{{QUICK_MEASURE}}}
-"""
-
-
-@pytest.fixture(scope="module")
-def lm_study(tmp_path_factory):
-    """A short real study of the language-model built-in through the CLI, with int4 offered on MatMul."""
-    folder = tmp_path_factory.mktemp("wordnet-lm")
-    space = space_text("lm", budget="{steps: 12, max_samples: 1024}", refine="{steps: 12}", max_drop=0.5)
-    (folder / "space.yaml").write_text(space.replace("bits: [32, 8]", "bits: [32, 8, 4]"))
-    (folder / "profile.yaml").write_text(LM_PROFILE)
-    r = run_cli("run", "--task", "wordnet-lm", "--space", str(folder / "space.yaml"), "--device",
-                str(folder / "profile.yaml"), "--trials", "5", "--refine", "1", "--study", "lm",
-                "--results", str(folder / "results"), "--seed", "0", "--train-on", "cpu", "--no-progress",
-                timeout=900)
-    return folder, r
-
-
-def test_a_language_model_study_prunes_quantizes_and_exports_verified(lm_study, tmp_path: Path):
-    import json
-
-    import search
-
-    folder, r = lm_study
-    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr, r.stderr[-3000:]
-    assert "pruning skipped" not in r.stdout, r.stdout[:2000]
-    view = search.load_study("lm", results=folder / "results")
-    done = [t for t in view.trials if t.state == "COMPLETE"]
-    assert len(done) >= 5, [(t.number, t.state, t.fail_reason) for t in view.trials]
-    assert view.metric_name == "next-token top-1" and 0.3 < view.teacher["accuracy"] < 0.6
-    kernels = {e["runs_as"] for t in done for e in t.precision.values()}
-    assert {"int8-dynamic", "fp32"} <= kernels, kernels
-    assert any(t.pruned for t in done if t.trained), "no trained trial pruned anything"
-    front = run_cli("front", "--study", "lm", "--results", str(folder / "results"), "--format", "json")
-    points = json.loads(front.stdout)
-    assert points and all(p.get("test_accuracy") is not None for p in points), points[:1]
-    fastest = min(points, key=lambda p: p["latency_ms"])["trial"]
-    out = tmp_path / "deploy"
-    e = run_cli("export", "--study", "lm", "--results", str(folder / "results"), "--trial", str(fastest),
-                "--out", str(out), "--verify")
-    assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]

@@ -311,6 +311,19 @@ def TinyBert() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
                        num_classes=TOKEN_CLASSES).build()
 
 
+def TwoInputBert() -> nn.Module:  # noqa: N802 (a model class to the recipes table)
+    """TinyBert taking the ids and an attention mask (1 = token, 0 = padding) as two inputs, as such models ship."""
+    from search.tasks.encoder import EncoderSpec
+
+    return EncoderSpec(vocab=VOCAB, max_len=SEQ_LEN, dim=32, heads=4, ff=64, depth=2, num_classes=TOKEN_CLASSES,
+                       mask_input=True).build()
+
+
+def two_inputs(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The two-input row's inputs: the ids and their attention mask."""
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
 # ------------------------------------------------------------------------------------------- 7. causal LM
 LM_VOCAB, LM_LEN = 32, 12  # id 0: padding; sequences of 6-12 tokens
 
@@ -375,6 +388,7 @@ RECIPES = {  # arch -> (builder, epochs, lr, batch size)
     "shufflenet": (ShuffleNetV2, 15, 5e-3, 64),
     "vit": (ViT, 25, 3e-3, 64),
     "bert": (TinyBert, 8, 3e-3, 64),
+    "bert2": (TwoInputBert, 8, 3e-3, 64),
     "regression": (RegressionMLP, 20, 3e-3, 32),
     "lm": (TinyLM, 10, 3e-3, 64),
 }
@@ -386,13 +400,17 @@ def _file_key() -> str:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x, y: torch.Tensor) -> float:
+    from search.tasks.inputs import call
+
     model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
+    return float((call(model, x).argmax(1) == y).float().mean())
 
 
 def _train(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     """Deterministic: fixed seed, one thread, a fixed order of batches."""
+    from search.tasks.inputs import call, count, rows
+
     build, epochs, lr, batch = RECIPES[arch]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -400,15 +418,15 @@ def _train(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
         torch.manual_seed(SEED)
         gen = torch.Generator().manual_seed(SEED)
         model = build()
-        steps = epochs * math.ceil(len(x) / batch)
+        steps = epochs * math.ceil(count(x) / batch)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
         for _ in range(epochs):
             model.train()
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), batch):
+            order = torch.randperm(count(x), generator=gen)
+            for i in range(0, count(x), batch):
                 idx = order[i : i + batch]
-                out = model(x[idx])
+                out = call(model, rows(x, idx))
                 if arch in REGRESSION:
                     loss = F.mse_loss(out, y[idx])
                 elif out.dim() == 3:  # token logits: flattened, padding ignored (-100)
@@ -508,6 +526,31 @@ def make_bert() -> Task:
                              normalisation="token ids; 0 = padding"),
         description="BERT-style encoder on a synthetic keyword task over int64 token ids (tests/zoo.py)",
         teacher_info={"arch": "bert", "key": _file_key(), "val_accuracy": acc},
+    )
+
+
+def make_bert2() -> Task:
+    """The BERT row with two inputs, the ids and an attention mask, as such models ship: samples hold
+    {name: tensor} (an InputsDataset), one InputSpec per input."""
+    from search.tasks.inputs import InputsDataset
+
+    splits = {name: keyword_data(n, seed) for name, n, seed in BERT_SPLITS}
+    t = {name: (two_inputs(torch.from_numpy(ids)), torch.from_numpy(y)) for name, (ids, y) in splits.items()}
+    model = teacher("bert2", *t["train"])
+    acc = accuracy(model, *t["val"])
+    return Task(
+        name="zoo-bert2",
+        teacher=model,
+        train=InputsDataset(*t["train"]),
+        val=InputsDataset(*t["val"]),
+        test=InputsDataset(*t["test"]),
+        input_shape=((SEQ_LEN,), (SEQ_LEN,)),
+        num_classes=TOKEN_CLASSES,
+        class_names=("none", "kw1", "kw2", "both"),
+        input_spec=(InputSpec(name="input_ids", value_range=(0, VOCAB - 1), normalisation="token ids; 0 = padding"),
+                    InputSpec(name="attention_mask", value_range=(0, 1), normalisation="1 = token, 0 = padding")),
+        description="two-input BERT-style encoder (ids, attention mask) on the synthetic keyword task (tests/zoo.py)",
+        teacher_info={"arch": "bert2", "key": _file_key(), "val_accuracy": acc},
     )
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from search.tasks.inputs import call, count, rows, to_torch
+
 
 def recalibrate_bn(model: nn.Module, inputs, batch_size: int = 128) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on `inputs`, in place; nothing else changes (dropout stays
@@ -23,9 +25,10 @@ def recalibrate_bn(model: nn.Module, inputs, batch_size: int = 128) -> nn.Module
         m.reset_running_stats()
         m.momentum = None  # a cumulative average, not an exponential one
         m.train()
+    x = to_torch(inputs)
     with torch.no_grad():
-        for chunk in torch.as_tensor(inputs).split(batch_size):
-            model(chunk)
+        for i in range(0, count(x), batch_size):
+            call(model, rows(x, slice(i, i + batch_size)))
     for m, momentum in bns.items():
         m.momentum = momentum
     return model.eval()

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from search.tasks.inputs import call
+
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -86,7 +88,7 @@ def droppable_blocks(model: nn.Module, example: torch.Tensor, blocks: Iterable[s
     handles = [modules[b].register_forward_hook(hook(b)) for b in names]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call(model.eval(), example)
     finally:
         for h in handles:
             h.remove()

@@ -84,9 +84,11 @@ def teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 512,
     was_training = teacher.training
     teacher.eval().to(device)
     out = []
+    from search.tasks.inputs import call, map_inputs
+
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            out.append(teacher(batch[0].to(device)).float().cpu())
+            out.append(call(teacher, map_inputs(lambda t: t.to(device), batch[0])).float().cpu())
     finally:
         teacher.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
@@ -109,14 +111,18 @@ class _Indexed(Dataset):
 
 def _batches(dataset: Dataset, indices: torch.Tensor, batch_size: int, steps: int, gen: torch.Generator):
     """Yield `steps` shuffled batches (x, y, idx), reshuffling every pass over `indices`."""
+    from search.tasks.inputs import InputsDataset, rows
+
     tensors = dataset.tensors if isinstance(dataset, TensorDataset) else None
+    if isinstance(dataset, InputsDataset):
+        tensors = (dataset.inputs, dataset.targets)  # {name: tensor}, sliced alike
     made = 0
     while made < steps:
         order = indices[torch.randperm(len(indices), generator=gen)]
         if tensors is not None:  # fast path: slice tensors instead of collating single items
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
-                yield tensors[0][idx], tensors[1][idx], idx
+                yield rows(tensors[0], idx), tensors[1][idx], idx
                 made += 1
                 if made == steps:
                     return
@@ -163,6 +169,8 @@ def distill(
     `teacher` (cached logits belong to the unaugmented inputs). `output_kind` "regression" distils by mean
     squared error (`regression_loss`) instead of `kd_loss`, "tokens" per token (`token_kd_loss`).
     """
+    from search.tasks.inputs import call, map_inputs
+
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")
     if augment is not None and teacher is None:
@@ -203,14 +211,14 @@ def distill(
             for step, (x, y, idx) in enumerate(_batches(train_dataset, indices, batch_size, steps, gen), 1):
                 if augment is not None:
                     x = augment(x, gen)
-                x, y = x.to(device), y.to(device)
+                x, y = map_inputs(lambda t: t.to(device), x), y.to(device)
                 if live:
                     with torch.no_grad():
-                        t_logits = teacher(x)
+                        t_logits = call(teacher, x)
                 else:
                     t_logits = teacher_logits[idx].to(device)
                 with step_guard() if step_guard else nullcontext():
-                    loss = loss_fn(student(x), t_logits, y, temperature, alpha)
+                    loss = loss_fn(call(student, x), t_logits, y, temperature, alpha)
                     value = float(loss.detach())
                     if not math.isfinite(value):
                         raise TrialFailure(f"non-finite loss at step {step} of {steps} ({value}; lr={lr:g}, "
@@ -273,11 +281,13 @@ def _progress_bar(progress: bool | ProgressFn, total: int) -> ProgressFn | None:
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
              device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy of a PyTorch model (for tests and sanity checks; trials score the ONNX file)."""
+    from search.tasks.inputs import call, map_inputs
+
     model.eval().to(device)
     correct = total = 0
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size):
-            pred = model(batch[0].to(device)).argmax(-1).cpu()
+            pred = call(model, map_inputs(lambda t: t.to(device), batch[0])).argmax(-1).cpu()
             correct += int((pred == batch[1]).sum())
             total += len(batch[1])
     return correct / max(total, 1)

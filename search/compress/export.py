@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from search.errors import TrialFailure
+from search.tasks.inputs import call, feed, parts, to_numpy
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -61,13 +62,20 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
             node.metadata_props.add(key=k, value=v)
 
 
-def _examples(example: torch.Tensor | Sequence[int], batch: int, seed: int = 0) -> torch.Tensor:
-    """`batch` inputs: rows of the task's own `example` tensor (its dtype: token ids stay int64), or
-    uniform [0, 1) floats for a bare shape (raw pixels)."""
+def _examples(example, batch: int, seed: int = 0):
+    """`batch` inputs: rows of the task's own `example` tensor (its dtype: token ids stay int64; {name: tensor}
+    for a model with several inputs), or uniform [0, 1) floats for a bare shape (raw pixels)."""
     if isinstance(example, torch.Tensor):
         reps = -(-batch // example.shape[0])
         return example.repeat(reps, *([1] * (example.dim() - 1)))[:batch] if reps > 1 else example[:batch]
+    if isinstance(example, Mapping):
+        return {k: _examples(v, batch, seed) for k, v in example.items()}
     return torch.rand(batch, *example, generator=torch.Generator().manual_seed(seed))
+
+
+def input_names(example) -> list[str]:
+    """The ONNX file's input names: "input" for one input, the task's names for several."""
+    return list(example) if isinstance(example, Mapping) else [INPUT_NAME]
 
 
 class Reexport:
@@ -142,11 +150,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: s
         except TrialFailure:
             pass  # exported afresh below: that export decides
     batch = torch.export.Dim("batch", min=1, max=65_536)
+    inputs = parts(traced)
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                model, (traced,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},), verbose=False, report=False, optimize=reuse is None,
+                model, inputs, dynamo=True, input_names=input_names(traced), output_names=[OUTPUT_NAME],
+                dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False, report=False,
+                optimize=reuse is None,
             )
             if reuse is not None:
                 program = reuse.keep(program)
@@ -158,13 +168,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: s
     return path
 
 
-def _export_fast(model: nn.Module, traced: torch.Tensor, path: Path) -> bool:
+def _export_fast(model: nn.Module, traced, path: Path) -> bool:
     """The TorchScript exporter (deprecated, still shipped): True when it wrote `path`."""
+    names = input_names(traced)
     try:
         with _quiet(), torch.no_grad():
-            torch.onnx.export(model, (traced,), str(path), dynamo=False, opset_version=17,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(model, parts(traced), str(path), dynamo=False, opset_version=17,
+                              input_names=names, output_names=[OUTPUT_NAME],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
         return True
     except Exception:  # noqa: BLE001 - any failure: the dynamo exporter decides (and reports) instead
         return False
@@ -193,10 +204,10 @@ def check_export(model: nn.Module, path: str | os.PathLike, example: torch.Tenso
 
     x = _examples(example, batch, seed)
     with torch.no_grad():
-        ref = model.eval()(x).float().numpy()
+        ref = call(model.eval(), x).float().numpy()
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {INPUT_NAME: x.numpy()})[0]
+        got = sess.run(None, feed(sess, to_numpy(x)))[0]
     except Exception as exc:
         raise TrialFailure(f"exported ONNX does not run in ONNX Runtime: {short_reason(exc)}") from exc
     err = float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))

@@ -23,6 +23,7 @@ import torch_pruning as tp
 from torch import nn
 
 from search.compress.attention import split_attention
+from search.tasks.inputs import traceable
 
 # Layers whose output channels a ratio names: Conv/Linear, and Embedding (its width is a token model's
 # residual stream, as a ViT's patch embedding is).
@@ -34,7 +35,7 @@ def _quiet_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Dependency
     # prunes their last dim, which is what we want for a token embedding.
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=traceable(example_input))
 
 
 class ChannelGraph:

@@ -36,6 +36,7 @@ from torch import nn
 
 from search.compress.attention import SplitAttention, count_attention_ops, split_copy
 from search.compress.prune_graph import WEIGHT_TYPES, ChannelGraph, classify
+from search.tasks.inputs import call, traceable
 
 Importance = Literal["l1", "l2", "taylor", "lamp"]
 
@@ -107,7 +108,7 @@ def _count(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     # (it resets this mapping after each count).
     tp.utils.op_counter.CUSTOM_MODULES_MAPPING = {SplitAttention: count_attention_ops}
     with torch.no_grad(), redirect_stdout(io.StringIO()):
-        macs, params = tp.utils.count_ops_and_params(model, example_input)
+        macs, params = tp.utils.count_ops_and_params(model, traceable(example_input))
     return int(macs), int(params)
 
 
@@ -252,7 +253,7 @@ class _PrunerJob:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.enable_grad():
             warnings.simplefilter("ignore")
             pruner = tp.pruner.MetaPruner(
-                student, self.example_input, importance=self.scorer, pruning_ratio=0.0,
+                student, traceable(self.example_input), importance=self.scorer, pruning_ratio=0.0,
                 pruning_ratio_dict={mods[n]: r for n, r in self.ratios.items() if n in names},
                 ignored_layers=[mods[n] for n in self.ignored], round_to=None,
                 num_heads={mods[n]: h for n, h in self.num_heads.items()}, prune_num_heads=bool(heads),
@@ -265,7 +266,7 @@ class _PrunerJob:
             for a, qkv in self.attention.items():  # the module's own head count drives its reshape
                 mods[a].num_heads = pruner.num_heads[mods[qkv[0]]]
             with torch.no_grad():
-                student(self.example_input)  # a pruned model that no longer runs is no result
+                call(student, self.example_input)  # a pruned model that no longer runs is no result
         return student
 
     def run_groups(self, groups: dict[str, list[str]]) -> tuple[nn.Module | None, dict[str, str]]:
@@ -319,7 +320,7 @@ def _remove_blocks(student: nn.Module, example_input: torch.Tensor,
         setattr(modules[parent_name] if parent_name else student, child, nn.Identity())
         try:
             with torch.no_grad():
-                student(example_input)
+                call(student, example_input)
         except Exception as exc:  # its output is not its input's shape: put it back
             setattr(modules[parent_name] if parent_name else student, child, m)
             skipped[name] = f"cannot be removed whole ({type(exc).__name__}: {str(exc)[:150]})"
@@ -345,10 +346,10 @@ def _taylor_gradients(model: nn.Module, example_input: torch.Tensor,
     if calibration is None:
         x = example_input
         with torch.no_grad():
-            y = model(x).argmax(dim=-1)
+            y = call(model, x).argmax(dim=-1)
     else:
         x, y = calibration
-    out = model(x)
+    out = call(model, x)
     if y.is_floating_point():  # regression targets: the gradient of the task's own loss
         nn.functional.mse_loss(out.reshape(len(out), -1), y.to(out.dtype).reshape(len(out), -1)).backward()
     elif out.dim() == 3:  # (N, T, V) token logits against (N, T) targets

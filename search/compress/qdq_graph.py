@@ -168,8 +168,8 @@ def node_precisions(model: onnx.ModelProto | str | os.PathLike) -> dict[str, tup
 _INT4 = {onnx.TensorProto.INT4: "int4", onnx.TensorProto.UINT4: "uint4"}
 
 
-def nonfinite_nodes(model: onnx.ModelProto, sample: np.ndarray, input_name: str) -> set[str]:
-    """Nodes that produce or consume a float tensor holding inf or NaN on `sample` (a few model inputs).
+def nonfinite_nodes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> set[str]:
+    """Nodes that produce or consume a float tensor holding inf or NaN on `feed` (a few model inputs).
 
     An additive attention mask (-inf on padding) is the usual source: calibration would give its
     QuantizeLinear an infinite scale and the int8 model would output noise. Those nodes stay float; the
@@ -186,7 +186,7 @@ def nonfinite_nodes(model: onnx.ModelProto, sample: np.ndarray, input_name: str)
     probe.graph.output.extend(v for v in probe.graph.value_info if v.name in set(names))
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs = sess.run(None, {input_name: np.ascontiguousarray(sample)})
+        outs = sess.run(None, feed)
     except Exception:  # noqa: BLE001 - a probe only: without it the quantizer runs as before
         return set()
     bad = {o.name for o, v in zip(sess.get_outputs(), outs, strict=True)

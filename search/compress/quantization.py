@@ -35,11 +35,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization import quantize as ort_quantize
 
 from search.compress.bits import VALID_BITS
-from search.compress.export import INPUT_NAME, _quiet, short_reason
+from search.compress.export import _quiet, short_reason
 from search.compress.onnx_names import WEIGHTED_OPS, node_layer
 from search.compress.qdq_graph import compact as compact_graph
 from search.compress.qdq_graph import finite_masks, float_inputs_for_fp32, nonfinite_nodes, sandwiched_fp32
 from search.errors import TrialFailure
+from search.tasks.inputs import count, rows, several
 
 Method = Literal["minmax", "entropy", "percentile"]
 _METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -56,18 +57,23 @@ class QuantizeResult:
 
 
 class _Reader(CalibrationDataReader):
-    def __init__(self, data: np.ndarray, batch: int) -> None:
-        self.data, self.batch, self.pos = np.ascontiguousarray(data), batch, 0  # token ids stay integers
+    def __init__(self, data, batch: int, name: str) -> None:
+        self.data, self.batch, self.pos, self.name = data, batch, 0, name  # token ids stay integers
 
     def get_next(self):
-        if self.pos >= len(self.data):
+        if self.pos >= count(self.data):
             return None
-        chunk = self.data[self.pos:self.pos + self.batch]
+        chunk = rows(self.data, slice(self.pos, self.pos + self.batch))
         self.pos += self.batch
-        return {INPUT_NAME: chunk}
+        return _named_feed(chunk, self.name)
 
     def rewind(self) -> None:
         self.pos = 0
+
+
+def _named_feed(x, name: str) -> dict[str, np.ndarray]:
+    """A feed of our exported file: one input under `name` (its graph's input), several under their names."""
+    return {k: np.ascontiguousarray(v) for k, v in x.items()} if several(x) else {name: np.ascontiguousarray(x)}
 
 
 def _weight_axis(node: onnx.NodeProto) -> int:
@@ -126,16 +132,19 @@ def quantize(
         except Exception:
             shutil.copyfile(fp32_path, pre)  # shape inference is an optimisation, not a necessity
         model = onnx.load(str(pre))
+        weights = {t.name for t in model.graph.initializer}
+        first_input = next(i.name for i in model.graph.input if i.name not in weights)
         plan = _plan(model, wanted, matmul_nbits, frozenset(dynamic_ops))
         qdq = Path(tmp) / "qdq.onnx"
         try:
             with _quiet():
                 if plan.qdq_layers:
-                    nonfinite = nonfinite_nodes(model, calibration[:8], INPUT_NAME)  # -inf attention masks
+                    # -inf attention masks
+                    nonfinite = nonfinite_nodes(model, _named_feed(rows(calibration, slice(8)), first_input))
                     if method != "minmax" and nonfinite:  # histograms fail on an infinite tensor
                         finite_masks(model)
                     cfg = get_qdq_config(
-                        model, _Reader(calibration, calibration_batch), calibrate_method=_METHODS[method],
+                        model, _Reader(calibration, calibration_batch, first_input), calibrate_method=_METHODS[method],
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=per_channel, nodes_to_exclude=sorted(plan.exclude | nonfinite),
                         tensor_quant_overrides=plan.overrides or None,
@@ -154,7 +163,7 @@ def quantize(
                 onnx.save_model(model, str(out_path))
         except Exception as exc:
             raise TrialFailure(f"quantization failed: {short_reason(exc)}") from exc
-    _check_runs(out_path, calibration[:2])
+    _check_runs(out_path, _named_feed(rows(calibration, slice(2)), first_input))
     return QuantizeResult(out_path, plan.applied, plan.skipped, plan.notes, frozenset(plan.dynamic))
 
 
@@ -331,12 +340,12 @@ def _dynamic(model: onnx.ModelProto, nodes: list[str], per_channel: bool) -> onn
     return model
 
 
-def _check_runs(path: Path, sample: np.ndarray) -> None:
+def _check_runs(path: Path, feed: dict[str, np.ndarray]) -> None:
     import onnxruntime as ort
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        out = sess.run(None, {INPUT_NAME: np.ascontiguousarray(sample)})[0]
+        out = sess.run(None, feed)[0]
     except Exception as exc:
         raise TrialFailure(f"quantized model does not run in ONNX Runtime: {short_reason(exc)}") from exc
     if not np.all(np.isfinite(out)):

@@ -71,7 +71,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _io_spec(model_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _io_spec(model_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -82,33 +82,43 @@ def _io_spec(model_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
         return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
 
-    inputs = [spec(v) for v in model.graph.input if v.name not in inits]
-    return inputs[0], spec(model.graph.output[0])
+    return [spec(v) for v in model.graph.input if v.name not in inits], spec(model.graph.output[0])
 
 
 def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
-    """Input value range, normalisation and class names: from the loaded task when verify loaded it, else from
-    the built-in registry or what the study recorded (cheap: a user task is not loaded just for this)."""
-    from search.tasks.base import IMAGE_INPUT
+    """Per input, its value range and normalisation ({"inputs": [{...}], in order}), and the class names: from
+    the loaded task when verify loaded it, else from the built-in registry or what the study recorded (cheap: a
+    user task is not loaded just for this)."""
     from search.tasks.builtin import BUILTIN_TASKS
 
+    def described(spec: Any) -> dict[str, Any]:
+        return {"value_range": None if spec.value_range is None else list(spec.value_range),
+                "normalisation": spec.normalisation}
+
     if task is not None:
-        spec, classes = task.input_spec, list(task.class_names)
-    elif view.task_spec in BUILTIN_TASKS:
-        spec, classes = IMAGE_INPUT, list(BUILTIN_TASKS[view.task_spec].class_names)
-    elif isinstance(recorded := view.attrs.get(S_INPUT), dict) and "value_range" in recorded:  # as the study saw it
-        return {"value_range": list(recorded["value_range"]), "normalisation": recorded.get("normalisation"),
+        return {"inputs": [described(s) for s in task.input_specs], "class_names": list(task.class_names) or None}
+    if view.task_spec in BUILTIN_TASKS:
+        b = BUILTIN_TASKS[view.task_spec]
+        return {"inputs": [described(b.input_spec)], "class_names": list(b.class_names) or None}
+    if isinstance(recorded := view.attrs.get(S_INPUT), dict) and "value_range" in recorded:  # as the study saw it
+        each = recorded.get("inputs") or [recorded]
+        return {"inputs": [{"value_range": list(r["value_range"]) if r.get("value_range") else None,
+                            "normalisation": r.get("normalisation")} for r in each],
                 "class_names": recorded.get("class_names") or None}
-    else:
-        return {"value_range": None, "normalisation": f"see task {view.task_spec}", "class_names": None}
-    return {"value_range": None if spec.value_range is None else list(spec.value_range),
-            "normalisation": spec.normalisation,
-            "class_names": classes or None}
+    return {"inputs": [{"value_range": None, "normalisation": f"see task {view.task_spec}"}], "class_names": None}
+
+
+def _output_meaning(view: StudyData) -> str:
+    if view.metric_name == "next-token top-1":
+        return "next-token scores (logits) per position, (batch, positions, vocabulary); the next token is the arg-max"
+    return "class scores (logits); the predicted class is the arg-max"
 
 
 def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: Any | None = None) -> dict[str, Any]:
-    inp, out = _io_spec(model_path)
+    inputs, out = _io_spec(model_path)
     info = _task_info(view, task)
+    described = info["inputs"] + [{"value_range": None, "normalisation": None}] * (len(inputs) - len(info["inputs"]))
+    inputs = [{**i, "batch_dim": 0, **d} for i, d in zip(inputs, described, strict=False)]
     profile = view.profile
     return {
         "format": MANIFEST_FORMAT,
@@ -117,8 +127,9 @@ def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: An
         "task": view.task_spec,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": {"file": MODEL_NAME, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size},
-        "input": {**inp, "batch_dim": 0, "value_range": info["value_range"], "normalisation": info["normalisation"]},
-        "output": {**out, "meaning": "class scores (logits); the predicted class is the arg-max"},
+        "input": inputs[0],  # the first input (a model with one: the only one)
+        "inputs": inputs,  # every input, in the order the model takes them
+        "output": {**out, "meaning": _output_meaning(view)},
         "class_names": info["class_names"],
         "plan": rec.plan,
         "objectives": dict(zip(OBJECTIVES, rec.values or (), strict=False)),

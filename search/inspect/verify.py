@@ -119,13 +119,15 @@ def memory_allowed(recorded: float) -> float:
 def device_outputs_row(backend: Any, model: Path, x: Any) -> VerifyRow:
     """A remote profile: the exported model run on the device (the agent's /v1/run) on `x` (the first val
     samples) against the same file run here. Numerics that differ on the board (its own int8/int4 kernels,
-    another ONNX Runtime build) are caught before deployment. Single-input models (the task's arrays)."""
+    another ONNX Runtime build) are caught before deployment."""
     import numpy as np
 
     from search.measure.accuracy import eval_session
+    from search.tasks.inputs import count
+    from search.tasks.inputs import feed as feed_of
 
-    sess, name, dtype = eval_session(model)  # the session and input conversion every score uses
-    feed = {name: np.ascontiguousarray(x, dtype=dtype)}
+    sess = eval_session(model)  # the session and input conversion every score uses
+    feed = feed_of(sess, x)
     here = dict(zip((o.name for o in sess.get_outputs()), sess.run(None, feed), strict=True))
     try:
         there, where = backend.run_outputs(model, feed)
@@ -139,7 +141,7 @@ def device_outputs_row(backend: Any, model: Path, x: Any) -> VerifyRow:
                 for k, v in here.items())
     first = next(iter(here))
     same_top1 = bool(here[first].ndim < 2 or np.array_equal(here[first].argmax(-1), there[first].argmax(-1)))
-    note = f"{len(x)} val samples on {where.get('device', 'the device')}" + ("" if same_top1 else
+    note = f"{count(x)} val samples on {where.get('device', 'the device')}" + ("" if same_top1 else
                                                                              "; top-1 differs")
     return VerifyRow("device_outputs", None, worst, allowed, worst <= DEVICE_OUTPUT_TOL and same_top1, note)
 
@@ -150,6 +152,7 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
     from search.measure.accuracy import onnx_accuracy
     from search.measure.record import Measurement
     from search.tasks.arrays import dataset_arrays, feed_sample
+    from search.tasks.inputs import rows as take
 
     values = dict(zip(OBJECTIVES, rec.values or (), strict=False))
     task = task if task is not None else view.load_task()
@@ -177,7 +180,8 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
     try:
         backend = get_backend(profile, reference_baseline=anchor if corrected else None, sample=feed_sample(task.val))
         if profile.measure.backend == "remote":
-            rows.append(device_outputs_row(backend, model, dataset_arrays(task.val)[0][:DEVICE_SAMPLES]))
+            val_x = dataset_arrays(task.val)[0]
+            rows.append(device_outputs_row(backend, model, take(val_x, slice(DEVICE_SAMPLES))))
         m = backend.measure(model, reference if corrected else None)
     except TrialFailure as e:
         rows += [VerifyRow(k, values[k], None, "-", False, str(e)) for k in ("latency_ms", "memory_mb")]

@@ -18,26 +18,31 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
               "tensor(double)": np.float64, "tensor(uint8)": np.uint8}
 
 
+def ort_dtype(ort_type: str):
+    """The numpy dtype of an ONNX Runtime input type ("tensor(int64)" -> int64; unknown: float32)."""
+    return _ORT_TYPES.get(ort_type, np.float32)
+
+
 def eval_session(path: str | os.PathLike):
-    """(evaluation session, its input's name, the numpy dtype it takes: token ids stay integers)."""
+    """The evaluation session (fixed threads and settings: the same file scores the same everywhere)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = EVAL_THREADS
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    return sess, inp.name, _ORT_TYPES.get(inp.type, np.float32)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _batches(path: str | os.PathLike, x: np.ndarray, batch: int):
-    """(start, first output) per batch of `x`, in order: a language model's (N, T, V) outputs over a whole
-    split would not fit in memory, so scoring consumes them batch by batch."""
-    sess, name, dtype = eval_session(path)
-    x = np.ascontiguousarray(x, dtype=dtype)
-    for i in range(0, len(x), batch):
-        yield i, sess.run(None, {name: x[i : i + batch]})[0]
+def _batches(path: str | os.PathLike, x, batch: int):
+    """(start, first output) per batch of `x` (one input's array, or {name: array} for several), in order: a
+    language model's (N, T, V) outputs over a whole split would not fit in memory, so scoring consumes them
+    batch by batch."""
+    from search.tasks.inputs import count, feed, rows
+
+    sess = eval_session(path)
+    for i in range(0, count(x), batch):
+        yield i, sess.run(None, feed(sess, rows(x, slice(i, i + batch))))[0]
 
 
 def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:

@@ -180,7 +180,8 @@ def parse_params(query: str, max_request_s: float = MAX_REQUEST_S) -> dict:
     if out["sample"] is not None:
         if len(out["sample"]) > runner.SAMPLE_MAX_CHARS:
             raise ValueError(f"sample must be at most {runner.SAMPLE_MAX_CHARS} characters")
-        runner.decode_sample(out["sample"])  # ValueError with the reason
+        for part in out["sample"].split(runner.SAMPLE_SEP):  # one per input; ValueError with the reason
+            runner.decode_sample(part)
     worst = (out["max_rounds"] + 1) * out["timeout_s"]  # the rounds may disagree up to max_rounds
     if worst > max_request_s:
         most = max(0, math.floor(max_request_s / out["timeout_s"]) - 1)

@@ -152,6 +152,7 @@ def stats(times_ms: list[float]) -> dict:
 
 
 SAMPLE_MAX_CHARS = 65_536  # an encoded sample travels in the agent's query string
+SAMPLE_SEP = ";"  # a model with several inputs: one encoded sample per input, in the model's input order
 
 
 def encode_sample(sample) -> str:
@@ -366,12 +367,16 @@ def _child(spec: dict) -> dict:
         except Exception as e:  # noqa: BLE001 - any ORT load error is the model's fault
             raise _fail(e, f"loading the {what}", limit, "load") from None
 
-    given = decode_sample(spec["sample"]) if spec.get("sample") else None
+    given = [decode_sample(t) for t in spec["sample"].split(SAMPLE_SEP)] if spec.get("sample") else None
 
     def feed(sess: ort.InferenceSession, batch: int, what: str) -> dict:
         rng = np.random.default_rng(seed)
         out = {}
-        for i in sess.get_inputs():
+        inputs = sess.get_inputs()
+        if given is not None and len(given) != len(inputs):
+            raise RoundError("input", f"the {what} takes {len(inputs)} inputs, the task's sample holds "
+                                      f"{len(given)}")
+        for k, i in enumerate(inputs):
             shape = list(i.shape)
             if shape and isinstance(shape[0], int) and shape[0] > 0 and shape[0] != batch:
                 raise RoundError("input", f"the {what}'s input '{i.name}' has a fixed batch dimension of "
@@ -381,13 +386,14 @@ def _child(spec: dict) -> dict:
             if i.type not in _DTYPES:
                 raise RoundError("input", f"the {what}'s input '{i.name}' has unsupported type {i.type}")
             dtype = np.dtype(_DTYPES[i.type])
-            if given is not None and len(sess.get_inputs()) == 1:
+            if given is not None:
+                one = given[k]
                 fixed = [d if isinstance(d, int) and d > 0 else None for d in list(i.shape)[1:]]
-                if given.dtype != dtype or len(fixed) != given.ndim or any(
-                        d not in (None, g) for d, g in zip(fixed, given.shape, strict=True)):
+                if one.dtype != dtype or len(fixed) != one.ndim or any(
+                        d not in (None, g) for d, g in zip(fixed, one.shape, strict=True)):
                     raise RoundError("input", f"the {what}'s input '{i.name}' takes {dtype.name} {fixed}, "
-                                              f"the task's sample is {given.dtype.name} {list(given.shape)}")
-                out[i.name] = np.ascontiguousarray(np.broadcast_to(given, (batch, *given.shape)))
+                                              f"the task's sample is {one.dtype.name} {list(one.shape)}")
+                out[i.name] = np.ascontiguousarray(np.broadcast_to(one, (batch, *one.shape)))
             elif dtype.kind == "f":  # raw-pixel-like values in [0, 1)
                 out[i.name] = rng.random(shape, dtype=np.float32).astype(dtype, copy=False)
             elif dtype.kind == "b":

@@ -116,10 +116,12 @@ def sensitivity_key(task: Task, space: SearchSpace, profile: DeviceProfile, *, s
     val split and the metric's name, profile digest, space, seed (calibration and BatchNorm samples),
     `bn_batches` and `measured_on`."""
     from search.tasks.arrays import dataset_arrays
+    from search.tasks.inputs import parts
 
     val_x, val_y = dataset_arrays(task.val)
+    val = hashlib.sha256(b"".join(a.tobytes() for a in (*parts(val_x), val_y))).hexdigest()  # several inputs: each
     blob = {"v": KEY_VERSION, "task": task.name, "teacher": teacher_fingerprint(task.teacher, task.train),
-            "val": hashlib.sha256(val_x.tobytes() + val_y.tobytes()).hexdigest(), "profile": profile.digest(),
+            "val": val, "profile": profile.digest(),
             "space": space.model_dump(mode="json"), "seed": int(seed), "bn_batches": int(bn_batches),
             "measured_on": measured_on(profile), "metric": task.metric.name}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]

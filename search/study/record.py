@@ -26,7 +26,8 @@ S_REFERENCE_BASELINE = "reference_baseline"  # LatencyStats dict of the fp32 tea
 S_LAYERS = "layers"  # {"prunable": [...], "quantizable": [...], "blocks": {block: [layers]}}
 S_ARTIFACTS = "artifacts_dir"
 S_SEED = "seed"
-S_INPUT = "input"  # {"shape", "num_classes", "class_names", "name", "dtype", "value_range", "normalisation"}
+S_INPUT = "input"  # {"shape", "num_classes", "class_names", "name", "dtype", "value_range", "normalisation", "inputs"}
+# ("inputs": one {"name", "shape", "dtype", "value_range", "normalisation"} per model input; the rest: the first)
 S_METRIC = "metric"  # {"name", "percent"}: what `accuracy` means (search.metrics.Metric.describe); absent: top-1
 S_REFERENCE_ONNX = "reference_onnx"  # the fp32 teacher ONNX, relative to the study folder
 # Held-out scores, written once per front point by the final scoring step (the only reader of `test`):

@@ -32,6 +32,7 @@ from search.study.record import (
 from search.study.sampling import SearchLayers
 from search.tasks import Task
 from search.tasks.arrays import calibration_sample, dataset_arrays, feed_sample
+from search.tasks.inputs import traceable
 from search.utils.atomic import atomic_path
 
 REFERENCE_NAME = "reference.onnx"
@@ -181,7 +182,7 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
         import torch_pruning as tp
 
         with torch.no_grad(), _step(task, "counting the teacher's operations"):
-            macs, params = tp.utils.count_ops_and_params(task.teacher, ctx.example)
+            macs, params = tp.utils.count_ops_and_params(task.teacher, traceable(ctx.example))
         with _step(task, "scoring the teacher with ONNX Runtime"):
             accuracy = onnx_accuracy(reference, val_x, val_y, metric=task.metric)
         ctx.teacher_metrics = {
@@ -194,8 +195,10 @@ def build_context(study: optuna.Study, task: Task, space: SearchSpace, profile: 
             S_TASK: task_spec, S_SPACE: space.model_dump(mode="json"), S_SPACE_FILE: space_file,
             S_PROFILE: profile.model_dump(mode="json"), S_PROFILE_FILE: profile_file,
             S_PROFILE_DIGEST: profile.digest(), S_SEED: seed, S_LAYERS: layers.to_dict(),
-            S_INPUT: {"shape": list(task.input_shape), "num_classes": task.num_classes,
-                      "class_names": list(task.class_names), **dataclasses.asdict(task.input_spec)},
+            S_INPUT: {"shape": list(task.input_shapes[0]), "num_classes": task.num_classes,
+                      "class_names": list(task.class_names), **dataclasses.asdict(task.input_specs[0]),
+                      "inputs": [{**dataclasses.asdict(s), "shape": list(shape)}
+                                 for s, shape in zip(task.input_specs, task.input_shapes, strict=True)]},
             S_METRIC: task.metric.describe(), S_REFERENCE_ONNX: REFERENCE_NAME, S_TEACHER: ctx.teacher_metrics,
             S_REFERENCE_BASELINE: dataclasses.asdict(m.reference_baseline) if m.reference_baseline else None,
         }.items():

@@ -2,6 +2,7 @@
 
 from search.tasks.base import InputSpec, Task
 from search.tasks.builtin import BUILTIN_TASKS
+from search.tasks.inputs import InputsDataset
 from search.tasks.loader import load_task
 
-__all__ = ["BUILTIN_TASKS", "InputSpec", "Task", "load_task"]
+__all__ = ["BUILTIN_TASKS", "InputSpec", "InputsDataset", "Task", "load_task"]

@@ -71,11 +71,12 @@ class Task:
     teacher: nn.Module
     train: Dataset
     val: Dataset
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # one sample's shape; a model with several inputs: one such tuple per input
     num_classes: int
     test: Dataset | None = None
     class_names: tuple[str, ...] = ()
-    input_spec: InputSpec = field(default_factory=InputSpec)
+    # One InputSpec, or one per input (in the order the model's forward takes them) for a model with several.
+    input_spec: InputSpec | tuple[InputSpec, ...] = field(default_factory=InputSpec)
     description: str = ""
     # Filled by built-ins: how the teacher was made, for `hwsearch tasks` and manifests.
     teacher_info: dict = field(default_factory=dict)
@@ -92,9 +93,11 @@ class Task:
     output_kind: OutputKind = "classes"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_spec", self.input_spec.resolved(self.train))  # frozen: set once, here
-        if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
-            raise ValueError(f"Task {self.name!r}: input_shape must be positive ints, got {self.input_shape}")
+        self._name_inputs()
+        shapes = self.input_shapes
+        if not shapes or any(not shape or any(int(d) <= 0 for d in shape) for shape in shapes):
+            raise ValueError(f"Task {self.name!r}: input_shape must be positive ints (one tuple per input for "
+                             f"several), got {self.input_shape}")
         if self.output_kind not in OUTPUT_KINDS:
             raise ValueError(f"Task {self.name!r}: output_kind must be one of {', '.join(OUTPUT_KINDS)}, "
                              f"got {self.output_kind!r}")
@@ -109,3 +112,69 @@ class Task:
         if self.num_classes < least:
             raise ValueError(f"Task {self.name!r}: num_classes must be >= {least} for {self.output_kind} outputs, "
                              f"got {self.num_classes}")
+
+    def _name_inputs(self) -> None:
+        """Resolve the input specs from the data (frozen: set once, here). Samples holding several inputs (a
+        tuple/list or a dict) get one InputSpec each (names from a dict's keys when none were given) and the
+        datasets are viewed so that every sample's inputs are {name: tensor}, in the model's order."""
+        from search.tasks.inputs import InputsDataset, NamedInputs, parts, several
+
+        given = self.input_spec if isinstance(self.input_spec, tuple) else (self.input_spec,)
+        try:
+            first = self.train[0][0]
+        except Exception:  # not a dataset of (input, label): the loader names the problem
+            first = None
+        if not several(first):
+            if len(given) != 1:
+                raise ValueError(f"Task {self.name!r}: {len(given)} InputSpecs, but a training sample holds one "
+                                 "input")
+            object.__setattr__(self, "input_spec", given[0].resolved(self.train))
+            return
+        k = len(parts(first))
+        if given == (InputSpec(),):  # nothing said: the dict's names, else input_0, input_1, ...
+            names = list(first) if isinstance(first, dict) else [f"input_{i}" for i in range(k)]
+            given = tuple(InputSpec(name=str(n)) for n in names)
+        names = [g.name for g in given]
+        if len(given) != k or len(set(names)) != k:
+            raise ValueError(f"Task {self.name!r}: a training sample holds {k} inputs; input_spec needs one "
+                             f"InputSpec per input, each with its own name (got {names})")
+        for split in ("train", "val", "test"):
+            ds = getattr(self, split)
+            if ds is not None and not (isinstance(ds, InputsDataset) and list(ds.inputs) == names):
+                object.__setattr__(self, split, NamedInputs(ds, names))
+        specs = tuple(g.resolved(_OneInput(self.train, g.name)) for g in given)
+        object.__setattr__(self, "input_spec", specs)
+        if len(self.input_shape) and not isinstance(self.input_shape[0], (tuple, list)):
+            raise ValueError(f"Task {self.name!r}: input_shape must hold one shape per input ({k}), got "
+                             f"{self.input_shape}")
+
+    @property
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        """One InputSpec per model input, in the order the model takes them."""
+        return self.input_spec if isinstance(self.input_spec, tuple) else (self.input_spec,)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.input_specs)
+
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """One sample's shape per input (without the batch dimension)."""
+        if len(self.input_specs) > 1:
+            return tuple(tuple(int(d) for d in shape) for shape in self.input_shape)
+        return (tuple(int(d) for d in self.input_shape),)
+
+
+class _OneInput:
+    """One named input of a dataset whose samples hold {name: tensor}, as (input, label) samples: what
+    `InputSpec.resolved` reads."""
+
+    def __init__(self, base, name: str) -> None:
+        self.base, self.name = base, name
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i][:2]
+        return x[self.name], y

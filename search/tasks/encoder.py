@@ -2,7 +2,8 @@
 
 Post-LN layers (x = LN(x + attention(x)); x = LN(x + FFN(x))) with `nn.MultiheadAttention`, which the
 students split into q/k/v/out Linears so whole heads prune. The padding mask is computed from the ids inside
-the graph (id 0), so the exported model takes the ids alone.
+the graph (id 0), so the exported model takes the ids alone; with `mask_input` it takes the ids and an
+attention mask (1 = a real token, 0 = padding) as two inputs, the way such models ship.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ class EncoderSpec:
     ff: int
     depth: int
     num_classes: int
+    mask_input: bool = False  # a second input, the attention mask, instead of padding read from the ids
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"arch": "encoder"}  # part of the teacher cache key
+        d = asdict(self)
+        if not self.mask_input:  # part of the teacher cache key: keys from before the field stay valid
+            d.pop("mask_input")
+        return d | {"arch": "encoder"}
 
     def build(self) -> nn.Module:
         return TextEncoder(self)
@@ -55,8 +60,8 @@ class TextEncoder(nn.Module):
         self.pooler = nn.Linear(spec.dim, spec.dim)
         self.classifier = nn.Linear(spec.dim, spec.num_classes)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        pad = ids == 0
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        pad = ids == 0 if attention_mask is None else attention_mask == 0
         pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         x = self.embeddings_norm(self.word_embeddings(ids) + self.position_embeddings(pos))
         for layer in self.layers:

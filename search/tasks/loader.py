@@ -79,10 +79,10 @@ def _unwrap_outputs(spec: str, task: Task) -> None:
     that is not a tensor is a one-line error."""
     import torch
 
+    from search.tasks.inputs import map_inputs
     from search.tasks.outputs import unwrap_logits
 
-    first = task.train[0][0]
-    sample = torch.as_tensor(first).unsqueeze(0)
+    sample = map_inputs(lambda a: torch.as_tensor(a).unsqueeze(0), task.train[0][0])
     try:
         other = unwrap_logits(task.teacher, sample)
     except Exception as e:
@@ -95,6 +95,8 @@ def _unwrap_outputs(spec: str, task: Task) -> None:
 def _check_task(spec: str, task: Task) -> None:
     """The fields the search relies on, checked here so a wrong one is named now, not deep inside a trial."""
     from torch import nn
+
+    from search.tasks.inputs import parts
 
     def bad(field: str, problem: str) -> UserError:
         return UserError(f"--task {spec!r}: the returned Task's {field} {problem}")
@@ -116,10 +118,15 @@ def _check_task(spec: str, task: Task) -> None:
             raise bad(field, "is empty")
         if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
             raise bad(f"{field}[0]", f"must be an (input, label) pair, got {type(sample).__name__}")
-        shape = tuple(getattr(sample[0], "shape", ()))
-        if shape and shape != tuple(task.input_shape):
-            raise bad(f"{field}[0]", f"input has shape {shape}, but input_shape is {tuple(task.input_shape)}")
-        dtype = str(getattr(sample[0], "dtype", "")).removeprefix("torch.")
-        if dtype and task.input_spec.dtype is not None and dtype != task.input_spec.dtype:
-            raise bad("input_spec.dtype", f"is {task.input_spec.dtype!r} but {field}[0]'s input is {dtype} (set "
-                                          f"InputSpec(dtype={dtype!r}, value_range=...) to what the model takes)")
+        several = len(task.input_specs) > 1
+        for k, (inp, spec_, want) in enumerate(zip(parts(sample[0]), task.input_specs, task.input_shapes,
+                                                    strict=True)):
+            which = f"input {spec_.name!r}" if several else "input"
+            shape = tuple(getattr(inp, "shape", ()))
+            if shape and shape != want:
+                where = f"input_shape[{k}]" if several else "input_shape"
+                raise bad(f"{field}[0]", f"{which} has shape {shape}, but {where} is {want}")
+            dtype = str(getattr(inp, "dtype", "")).removeprefix("torch.")
+            if dtype and spec_.dtype is not None and dtype != spec_.dtype:
+                raise bad("input_spec.dtype", f"is {spec_.dtype!r} but {field}[0]'s {which} is {dtype} (set "
+                                              f"InputSpec(dtype={dtype!r}, value_range=...) to what the model takes)")

@@ -30,14 +30,16 @@ def _logits_hook(module: nn.Module, args, output):
     return logits_of(output)
 
 
-def unwrap_logits(teacher: nn.Module, sample: torch.Tensor) -> str | None:
+def unwrap_logits(teacher: nn.Module, sample) -> str | None:
     """Make `teacher` return its logits tensor. Returns None when it does (after a hook if it needed one), else
     what it returns instead, for an error message. `sample` is a batch of inputs to probe it with."""
+    from search.tasks.inputs import call
+
     was_training = teacher.training
     teacher.eval()
     try:
         with torch.no_grad():
-            out = teacher(sample)
+            out = call(teacher, sample)
     finally:
         teacher.train(was_training)
     if isinstance(out, torch.Tensor):
