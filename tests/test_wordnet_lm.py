@@ -76,3 +76,17 @@ def test_a_language_model_study_prunes_quantizes_and_exports_verified(lm_study, 
     assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]
+
+
+def test_a_teacher_over_the_profiles_budgets_is_announced_at_the_start():
+    """local-1core's budgets (0.5 ms, 2 MB) were set for the small CNNs: the language model's teacher breaks them,
+    and a plan over a budget is not trained, so the run says so in one line before any trial."""
+    from search.config import load_profile
+    from search.study.objective import teacher_over_budget
+
+    budgets = load_profile("device_profiles/local-1core.yaml").budgets
+    line = teacher_over_budget({"latency_ms": 1.128, "memory_mb": 23.5, "model_mb": 7.146}, budgets)
+    assert line is not None and line.startswith("warning:")
+    assert "latency_ms 1.128 > 0.5 (2.3x over)" in line and "model_mb 7.146 > 2 (3.6x over)" in line
+    assert "memory_mb" not in line  # 23.5 MB is within 64
+    assert teacher_over_budget({"latency_ms": 0.1, "memory_mb": 20.0, "model_mb": 0.25}, budgets) is None

@@ -93,6 +93,19 @@ def hardware_constraints(ctx: Context, latency_ms: float, memory_mb: float, mode
     return out
 
 
+def teacher_over_budget(teacher: dict, budgets) -> str | None:
+    """One line when the teacher itself breaks a hardware budget: plans over a budget are not trained, so the
+    user learns at the start how much faster (or smaller) a plan must be, not from an untrained front."""
+    over = [(name, teacher.get(name), limit) for name, limit in
+            (("latency_ms", budgets.latency_ms), ("memory_mb", budgets.memory_mb), ("model_mb", budgets.model_mb))
+            if limit is not None and teacher.get(name) is not None and teacher[name] > limit]
+    if not over:
+        return None
+    parts = ", ".join(f"{n} {v:.4g} > {lim:.4g} ({v / lim:.1f}x over)" for n, v, lim in over)
+    return (f"warning: the teacher breaks the profile's budgets: {parts}; only plans within them are trained "
+            "(a profile with other budgets: its `budgets` section)")
+
+
 def accuracy_constraint(ctx: Context, accuracy: float) -> dict[str, float]:
     a = ctx.space.accuracy
     out = {}

@@ -126,7 +126,7 @@ class _Run:
 
     def open(self) -> None:
         """Load the task, create (or join) the study, build this process's trial context."""
-        from search.study.objective import Objective
+        from search.study.objective import Objective, teacher_over_budget
         from search.study.progress import TrialProgress
         from search.study.sampling import baseline_params
         from search.study.setup import build_context, check_same_setup
@@ -156,6 +156,8 @@ class _Run:
             if s.progress:  # with the progress lines (--no-progress: errors only)
                 print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
                       file=sys.stderr, flush=True)
+            if (over := teacher_over_budget(ctx.teacher_metrics, self.profile.budgets)) is not None:
+                print(over, file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             baselines = baseline_params(self.space, ctx.layers, ctx.bits, self.profile, uniform_curve=s.uniform_plans)
             for name, params in baselines.items():
