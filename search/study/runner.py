@@ -156,8 +156,8 @@ class _Run:
             if s.progress:  # with the progress lines (--no-progress: errors only)
                 print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
                       file=sys.stderr, flush=True)
-            if (over := teacher_over_budget(ctx.teacher_metrics, self.profile.budgets)) is not None:
-                print(over, file=sys.stderr, flush=True)
+                if (over := teacher_over_budget(ctx.teacher_metrics, self.profile.budgets)) is not None:
+                    print(over, file=sys.stderr, flush=True)
             st.set_user_attr(S_ARTIFACTS, str(s.artifacts_dir.resolve()))
             baselines = baseline_params(self.space, ctx.layers, ctx.bits, self.profile, uniform_curve=s.uniform_plans)
             for name, params in baselines.items():
