@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from conftest import RESULTS
+from conftest import RESULTS, run_cli
 
 
 def space_text(name: str = "tiny", budget: str = "{steps: 40}", refine: str = "{steps: 160}",
@@ -37,12 +38,17 @@ TINY_SPACE = space_text()
 QUICK_MEASURE = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60, rounds: 1, max_rounds: 2"
 
 
+# Per op type, what the local transformer studies run: MatMul's 8 bits dynamic (and int4 where a test offers it).
+TRANSFORMER_PRECISIONS = "{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic]}"
+TRANSFORMER_INT4_PRECISIONS = "{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic, int4]}"
+
+
 def profile_text(latency_ms: float = 5.0, memory_mb: float = 200.0, model_mb: float = 5.0,
-                 measure: str = QUICK_MEASURE) -> str:
+                 measure: str = QUICK_MEASURE, precisions: str = "[fp32, int8]") -> str:
     return f"""name: quick-1core
 description: 1 core, few repeats (tests)
 runtime: {{threads: 1}}
-precisions: [fp32, int8]
+precisions: {precisions}
 channel_multiple: 8
 budgets: {{latency_ms: {latency_ms}, memory_mb: {memory_mb}, model_mb: {model_mb}}}
 measure: {{{measure}}}
@@ -64,3 +70,15 @@ def write_configs(folder: Path, space_text: str = TINY_SPACE, **profile) -> tupl
     space.write_text(space_text)
     prof.write_text(profile_text(**profile))
     return space, prof
+
+
+def export_fastest(study: str, results: Path, out: Path) -> dict:
+    """`hwsearch front` (every point with its held-out score), then `hwsearch export --verify` of the fastest
+    front point into `out`: its manifest."""
+    points = json.loads(run_cli("front", "--study", study, "--results", str(results), "--format", "json").stdout)
+    assert points and all(p.get("test_accuracy") is not None for p in points), points[:1]
+    fastest = min(points, key=lambda p: p["latency_ms"])["trial"]
+    e = run_cli("export", "--study", study, "--results", str(results), "--trial", str(fastest), "--out", str(out),
+                "--verify")
+    assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
+    return json.loads((out / "manifest.json").read_text())

@@ -3,14 +3,13 @@ ship, searched end to end through the CLI (tests/zoo.py:make_bert2), and the Tas
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _study_fixtures import QUICK_MEASURE, space_text
+from _study_fixtures import TRANSFORMER_PRECISIONS, export_fastest, profile_text, space_text
 from conftest import run_cli
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -109,13 +108,7 @@ def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert2")
     (folder / "space.yaml").write_text(space_text("two", budget="{steps: 30, max_samples: 512}",
                                                  refine="{steps: 30}", max_drop=0.5))
-    (folder / "profile.yaml").write_text(f"""name: quick-1core
-runtime: {{threads: 1}}
-precisions: {{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic]}}
-channel_multiple: 8
-budgets: {{latency_ms: 20.0, memory_mb: 1000.0, model_mb: 50.0}}
-measure: {{{QUICK_MEASURE}}}
-""")
+    (folder / "profile.yaml").write_text(profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS))
     r = run_cli("run", "--task", f"{ZOO}:make_bert2", "--space", str(folder / "space.yaml"), "--device",
                 str(folder / "profile.yaml"), "--trials", "4", "--study", "two", "--results",
                 str(folder / "results"), "--seed", "0", "--train-on", "cpu", "--no-progress", timeout=900)
@@ -134,15 +127,7 @@ def test_a_two_input_model_is_searched_pruned_and_exported_with_both_inputs(stud
     recorded = view.attrs["input"]["inputs"]
     assert [(i["name"], i["dtype"], i["shape"]) for i in recorded] == [
         ("input_ids", "int64", [zoo.SEQ_LEN]), ("attention_mask", "int64", [zoo.SEQ_LEN])]
-    points = json.loads(run_cli("front", "--study", "two", "--results", str(folder / "results"),
-                                "--format", "json").stdout)
-    assert points and all(p.get("test_accuracy") is not None for p in points), points[:1]
-    fastest = min(points, key=lambda p: p["latency_ms"])["trial"]
-    out = tmp_path / "deploy"
-    e = run_cli("export", "--study", "two", "--results", str(folder / "results"), "--trial", str(fastest),
-                "--out", str(out), "--verify")
-    assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = export_fastest("two", folder / "results", tmp_path / "deploy")
     assert [(i["name"], i["dtype"], i["value_range"]) for i in manifest["inputs"]] == [
         ("input_ids", "int64", [0, zoo.VOCAB - 1]), ("attention_mask", "int64", [0, 1])]
     assert manifest["input"] == manifest["inputs"][0]

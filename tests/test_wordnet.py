@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _study_fixtures import QUICK_MEASURE, space_text
+from _study_fixtures import TRANSFORMER_PRECISIONS, export_fastest, profile_text, space_text
 from conftest import run_cli
 
 from search.errors import UserError
@@ -72,14 +72,6 @@ def test_the_shipped_teacher_is_used_and_onnx_runtime_agrees_with_its_record(tmp
     assert val > 0.8  # real text, ten classes: the largest class is 18%
 
 
-DYNAMIC_PROFILE = f"""name: quick-1core-dynamic
-description: 1 core, few repeats (tests); MatMul layers in dynamic int8
-runtime: {{threads: 1}}
-precisions: {{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic]}}
-channel_multiple: 8
-budgets: {{latency_ms: 20.0, memory_mb: 1000.0, model_mb: 50.0}}
-measure: {{{QUICK_MEASURE}}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +81,7 @@ def wordnet_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wordnet")
     (folder / "space.yaml").write_text(space_text("wordnet", budget="{steps: 20, max_samples: 1024}",
                                                   refine="{steps: 20}", max_drop=0.5))
-    (folder / "profile.yaml").write_text(DYNAMIC_PROFILE)
+    (folder / "profile.yaml").write_text(profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS))
     r = run_cli("run", "--task", "wordnet-supersense", "--space", str(folder / "space.yaml"), "--device",
                 str(folder / "profile.yaml"), "--trials", "4", "--study", "wn", "--results", str(folder / "results"),
                 "--seed", "0", "--train-on", "cpu", "--no-progress", timeout=900)
@@ -97,7 +89,6 @@ def wordnet_study(tmp_path_factory):
 
 
 def test_a_study_of_real_text_runs_and_dynamic_int8_keeps_the_teachers_accuracy(wordnet_study, tmp_path: Path):
-    import json
 
     import search
 
@@ -112,14 +103,6 @@ def test_a_study_of_real_text_runs_and_dynamic_int8_keeps_the_teachers_accuracy(
     assert kernels["classifier"] == "int8"  # a Gemm: static QDQ
     assert int8.values[0] >= view.teacher["accuracy"] - 0.01, (int8.values, view.teacher)  # within 1 point on val
     # the front prints held-out scores, and its fastest point exports and verifies
-    front = run_cli("front", "--study", "wn", "--results", str(folder / "results"), "--format", "json")
-    points = json.loads(front.stdout)
-    assert points and all(p.get("test_accuracy") is not None for p in points), points[:1]
-    fastest = min(points, key=lambda p: p["latency_ms"])["trial"]
-    out = tmp_path / "deploy"
-    e = run_cli("export", "--study", "wn", "--results", str(folder / "results"), "--trial", str(fastest),
-                "--out", str(out), "--verify")
-    assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = export_fastest("wn", folder / "results", tmp_path / "deploy")
     assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _study_fixtures import QUICK_MEASURE, space_text
+from _study_fixtures import TRANSFORMER_INT4_PRECISIONS, export_fastest, profile_text, space_text
 from conftest import run_cli
 
 from search.tasks import wordnet as wn
@@ -27,14 +27,6 @@ def test_language_model_data_predicts_the_next_known_word_of_the_same_glosses():
     assert scored.sum(1).min() >= 1 and 8 < scored.sum(1).mean() < 12
 
 
-LM_PROFILE = f"""name: quick-1core-lm
-description: 1 core, few repeats (tests); MatMul in dynamic int8 or int4 (MatMulNBits)
-runtime: {{threads: 1}}
-precisions: {{Conv: [fp32, int8], Gemm: [fp32, int8], MatMul: [fp32, int8-dynamic, int4]}}
-channel_multiple: 8
-budgets: {{latency_ms: 20.0, memory_mb: 1000.0, model_mb: 50.0}}
-measure: {{{QUICK_MEASURE}}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +35,7 @@ def lm_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wordnet-lm")
     space = space_text("lm", budget="{steps: 12, max_samples: 1024}", refine="{steps: 12}", max_drop=0.5)
     (folder / "space.yaml").write_text(space.replace("bits: [32, 8]", "bits: [32, 8, 4]"))
-    (folder / "profile.yaml").write_text(LM_PROFILE)
+    (folder / "profile.yaml").write_text(profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_INT4_PRECISIONS))
     r = run_cli("run", "--task", "wordnet-lm", "--space", str(folder / "space.yaml"), "--device",
                 str(folder / "profile.yaml"), "--trials", "5", "--refine", "1", "--study", "lm",
                 "--results", str(folder / "results"), "--seed", "0", "--train-on", "cpu", "--no-progress",
@@ -52,7 +44,6 @@ def lm_study(tmp_path_factory):
 
 
 def test_a_language_model_study_prunes_quantizes_and_exports_verified(lm_study, tmp_path: Path):
-    import json
 
     import search
 
@@ -66,15 +57,8 @@ def test_a_language_model_study_prunes_quantizes_and_exports_verified(lm_study, 
     kernels = {e["runs_as"] for t in done for e in t.precision.values()}
     assert {"int8-dynamic", "fp32"} <= kernels, kernels
     assert any(t.pruned for t in done if t.trained), "no trained trial pruned anything"
-    front = run_cli("front", "--study", "lm", "--results", str(folder / "results"), "--format", "json")
-    points = json.loads(front.stdout)
-    assert points and all(p.get("test_accuracy") is not None for p in points), points[:1]
-    fastest = min(points, key=lambda p: p["latency_ms"])["trial"]
-    out = tmp_path / "deploy"
-    e = run_cli("export", "--study", "lm", "--results", str(folder / "results"), "--trial", str(fastest),
-                "--out", str(out), "--verify")
-    assert e.returncode == 0 and "verified" in e.stdout, e.stdout[-2000:] + e.stderr[-2000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    # the front prints held-out scores, and its fastest point exports and verifies
+    manifest = export_fastest("lm", folder / "results", tmp_path / "deploy")
     assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]
 
 
