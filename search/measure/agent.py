@@ -18,7 +18,8 @@ API (every call needs `Authorization: Bearer TOKEN`):
 Errors: 400 bad model/params, Content-Length not ASCII digits, or a request that may run longer than
 --max-request-seconds ((max_rounds + 1) x timeout_s: every round and the one-off ONNX Runtime overhead probe are
 each stopped at timeout_s); 401 token; 408 request headers not complete within --header-timeout-s, or a stalled
-or too slow upload; 411/413 no/too large Content-Length; 422 hung or crashed while measured; 503 queue full.
+or too slow upload; 411/413 no/too large Content-Length; 422 hung or crashed while measured; 503 queue full, or
+(with the X-Hwsearch-If-Idle: 1 header a pool's client sends) another job running or waiting.
 
 Connections: at most --max-connections are served at once, each by its own thread. When all are taken the agent
 stops accepting (new clients wait in the kernel's listen queue, first come first served) and cuts the oldest
@@ -70,7 +71,10 @@ ALLOWED_DOMAINS, MAX_REQUEST_S, InvalidModel = agent_checks.ALLOWED_DOMAINS, age
 check_model, content_length, parse_params = agent_checks.check_model, agent_checks.content_length, \
     agent_checks.parse_params
 
-AGENT_VERSION = "1.0"
+AGENT_VERSION = "1.1"  # 1.1: the IF_IDLE lease header
+# A client of a pool sends this header (value "1") with a job to lease the agent: an agent already running or
+# queueing a job answers 503 {"busy": true} at once instead of queueing it, and the client tries another board.
+IF_IDLE = "X-Hwsearch-If-Idle"
 MAX_REFERENCES = 4
 # An upload may stall for at most read_timeout_s at a time, and must arrive as a whole within read_timeout_s plus
 # one second per MIN_UPLOAD_RATE bytes: a client trickling a byte now and then cannot hold a queue slot forever.
@@ -161,6 +165,7 @@ class AgentServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # one measurement at a time: two at once would time each other
         self.state_lock = threading.Lock()
         self.pending, self.busy = 0, False  # requests holding a slot; whether one is being measured
+        self.jobs = 0  # of those, the jobs (measure, optimize, run): what a pool's lease waits on
         self.in_headers: dict[_Reader, float] = {}  # connections still reading their headers -> since when
         self.quick_close: set[socket.socket] = set()  # cut connections: closed without lingering
         self.stopping = threading.Event()
@@ -169,7 +174,8 @@ class AgentServer(ThreadingHTTPServer):
 
     def info(self) -> dict:
         with self.state_lock:
-            queue = {"busy": self.busy, "waiting": self.pending - int(self.busy), "size": self.queue_size}
+            queue = {"busy": self.busy, "waiting": self.pending - int(self.busy), "size": self.queue_size,
+                     "jobs": self.jobs}
         return {**runner.describe_device(), "agent_version": AGENT_VERSION, "queue": queue,
                 "runner_version": runner.RUNNER_VERSION, "max_upload_mb": self.max_upload_mb,
                 "max_request_s": self.max_request_s, "max_connections": self.max_connections,
@@ -384,13 +390,24 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": str(e)})
         if not self.server.slots.acquire(blocking=False):
             return self._send(503, {"error": "agent busy: measurement queue full"}, {"Retry-After": "2"})
+        job = url.path != "/v1/reference"
         with self.server.state_lock:
-            self.server.pending += 1
+            # A pool's lease (IF_IDLE header): refused while another job holds a slot, decided under the same lock
+            # that counts this one, so two clients can never both take an idle agent.
+            taken = job and self.headers.get(IF_IDLE) == "1" and self.server.jobs > 0
+            if not taken:
+                self.server.pending += 1
+                self.server.jobs += job
+        if taken:
+            self.server.slots.release()
+            return self._send(503, {"error": "agent busy: another job is running", "busy": True},
+                              {"Retry-After": "1"})
         try:
             answer = self._post(url.path, length, params)
         finally:  # the slot is free before the client reads its answer, so it may send the next at once
             with self.server.state_lock:
                 self.server.pending -= 1
+                self.server.jobs -= job
             self.server.slots.release()
         self._send(*answer)
 

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 from search.config.profile import DeviceProfile
 from search.errors import TrialFailure, UserError
 from search.measure import agent_tls
+from search.measure.agent import IF_IDLE
 from search.measure.local import existing, memory_limit_mb
 from search.measure.record import Baselines, LatencyStats, Measurement
 
@@ -36,6 +37,10 @@ _TRANSIENT = (ConnectionError, http.client.RemoteDisconnected, http.client.BadSt
 
 class AgentUnreachable(TrialFailure):
     """The agent did not answer (refused, reset, name not found) after the retries."""
+
+
+class AgentBusy(TrialFailure):
+    """A leased job was refused: the agent is running or queueing another (its IF_IDLE answer)."""
 
 
 @dataclass
@@ -52,12 +57,17 @@ class _Agent:
 class RemoteBackend:
     """Measure on a device running `hwsearch agent`; the token comes from $<profile.measure.token_env>.
 
-    A pool (`measure.url` plus `measure.pool`: boards of one model) is shared by failing over: each process
-    starts at its own board (by pid), and an agent that does not answer is set aside for DOWN_S while the same
-    request goes to the next. A request is answered by one agent only, so nothing is measured twice."""
+    A pool (`measure.url` plus `measure.pool`: boards of one model) is shared by leasing: each job (measure,
+    optimize) goes to a board with nothing running, starting at this process's own (by pid); the board itself
+    grants the lease (IF_IDLE), so workers of any study never queue on one board while another is free. While
+    every board is busy the client polls their /v1/info, and queues at its own board after LEASE_WAIT_S. An
+    agent that does not answer is set aside for DOWN_S while the same request goes to the next. A request is
+    answered by one agent only, so nothing is measured twice."""
 
     name = "remote"
     DOWN_S = 30.0
+    POLL_S = 0.25  # between rounds of /v1/info while every board of the pool is busy
+    LEASE_WAIT_S = 600.0  # then queue at this process's own board (the agent's default --max-request-seconds)
 
     def __init__(self, profile: DeviceProfile, *, reference_baseline: LatencyStats | None = None,
                  sample: str | None = None, retries: int = 4, backoff_s: float = 0.5) -> None:
@@ -97,22 +107,53 @@ class RemoteBackend:
                 errors.append(str(e))
         raise AgentUnreachable(errors[0] if n == 1 else f"every agent of the pool is unreachable: {'; '.join(errors)}")
 
+    def _leased(self, work: Callable[[_Agent, bool], T]) -> T:
+        """`work(agent, True)` on a board of the pool that runs nothing (one agent: `_failover`, queueing there)."""
+        n = len(self.agents)
+        if n == 1:
+            return self._failover(lambda agent: work(agent, False))
+        deadline = time.monotonic() + self.LEASE_WAIT_S
+        while time.monotonic() < deadline:
+            start, now = self._at, time.monotonic()
+            live = [i for i in ((start + k) % n for k in range(n)) if self.agents[i].down_until <= now]
+            if not live:
+                break  # every board set aside: each is tried once below, as a lone client would
+            for i in live:
+                self._at, agent = i, self.agents[i]
+                try:
+                    if self._idle(agent):
+                        return work(agent, True)
+                except AgentBusy:
+                    continue  # taken between its /v1/info and the job: the next board
+                except AgentUnreachable:
+                    agent.down_until = time.monotonic() + self.DOWN_S
+            self._at = start
+            time.sleep(self.POLL_S)
+        return self._failover(lambda agent: work(agent, False))
+
+    def _idle(self, agent: _Agent) -> bool:
+        """Whether the board runs and queues no job, by its /v1/info (an agent before 1.1 reports no `jobs`)."""
+        queue = self._check(*self._request("GET", "/v1/info", timeout=10), "info").get("queue", {})
+        return not queue.get("jobs", int(bool(queue.get("busy"))) + int(queue.get("waiting", 0)))
+
     # ---- HTTP ---------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: bytes | None = None,
-                 timeout: float = 30.0) -> tuple[int, dict]:
-        """One call with retries on transient failures (refused/reset connection, 503)."""
+                 timeout: float = 30.0, lease: bool = False) -> tuple[int, dict]:
+        """One call with retries on transient failures (refused/reset connection, 503). `lease`: the job only if
+        the agent runs no other (IF_IDLE), else AgentBusy at once."""
         reason = ""
+        headers = {"Authorization": self._auth, "Content-Type": "application/onnx", **({IF_IDLE: "1"} if lease else {})}
         for attempt in range(self.retries):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url + path, data=body, method=method,
-                                         headers={"Authorization": self._auth,
-                                                  "Content-Type": "application/onnx"})
+            req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
             try:
                 with self._opener.open(req, timeout=timeout) as resp:
                     return resp.status, _json(resp.read())
             except urllib.error.HTTPError as e:
                 status, payload = e.code, _json(e.read())
+                if status == 503 and lease and payload.get("busy") is True:
+                    raise AgentBusy(f"agent at {self.url} is running another job") from None
                 if status != 503:
                     return status, payload
                 reason = "busy (measurement queue full)"
@@ -158,14 +199,15 @@ class RemoteBackend:
         """(the graph the device's ONNX Runtime executes for the model, with the profile's session options; where
         it was made): the board's own view of what each layer runs as (search.compress.runs.classify). None from
         an agent that predates /v1/optimize (404)."""
-        return self._failover(lambda _: self._optimized_here(onnx_path))
+        return self._leased(lambda _, lease: self._optimized_here(onnx_path, lease))
 
-    def _optimized_here(self, onnx_path: str | os.PathLike) -> tuple[bytes, dict] | None:
+    def _optimized_here(self, onnx_path: str | os.PathLike, lease: bool = False) -> tuple[bytes, dict] | None:
         path = existing(onnx_path, "model")
         m, rt = self.profile.measure, self.profile.runtime
         query = urlencode({"threads": rt.threads, "graph_optimization": rt.graph_optimization,
                            "timeout_s": m.timeout_s})
-        status, payload = self._request("POST", "/v1/optimize?" + query, path.read_bytes(), m.timeout_s * 3 + 30)
+        status, payload = self._request("POST", "/v1/optimize?" + query, path.read_bytes(), m.timeout_s * 3 + 30,
+                                        lease=lease)
         if status == 404:
             return None
         payload = self._check(status, payload, f"to optimize {path.name}")
@@ -209,10 +251,11 @@ class RemoteBackend:
     def measure(self, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None = None, *,
                 rounds: int | None = None, max_rounds: int | None = None) -> Measurement:
         """`rounds` / `max_rounds` override the profile's (the cache's one-round re-check)."""
-        return self._failover(lambda agent: self._measure_here(agent, onnx_path, reference_path, rounds, max_rounds))
+        return self._leased(lambda agent, lease: self._measure_here(agent, onnx_path, reference_path, rounds,
+                                                                    max_rounds, lease))
 
     def _measure_here(self, agent: _Agent, onnx_path: str | os.PathLike, reference_path: str | os.PathLike | None,
-                      rounds: int | None, max_rounds: int | None) -> Measurement:
+                      rounds: int | None, max_rounds: int | None, lease: bool = False) -> Measurement:
         path = existing(onnx_path, "model")
         data = path.read_bytes()
         if agent.max_upload_mb is None:
@@ -250,7 +293,7 @@ class RemoteBackend:
             if ref_data is not None and ref_key is not None and (attempt or ref_key not in agent.uploaded):
                 self._check(*self._request("POST", "/v1/reference", ref_data), "the reference model")
                 agent.uploaded.add(ref_key)
-            status, payload = self._request("POST", "/v1/measure?" + urlencode(params), data, timeout)
+            status, payload = self._request("POST", "/v1/measure?" + urlencode(params), data, timeout, lease)
             if status != 409:  # 409: the agent restarted and lost the reference; upload it again
                 break
         record = Measurement.from_dict(self._check(status, payload, f"to measure {path.name}"))
