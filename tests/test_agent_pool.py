@@ -1,7 +1,8 @@
-"""A pool of agents per remote profile (`measure.pool`): real agent processes on loopback, a real study with two
-workers; one agent killed mid-study, the study completes with no trial lost, the others take its work;
-`hwsearch agents` shows the pool's state. A job leases a board that runs nothing: a busy board refuses a leased
-job at once, and the client takes the free one instead of queueing."""
+"""A pool of agents per remote profile (`measure.pool`): real agent processes (each in its own network namespace
+where root allows), a real study with two workers on a real PostgreSQL; one agent killed mid-study, the study
+completes with no trial lost, the others take its work; `hwsearch agents` shows the pool's state. A job leases a
+board that runs nothing: a busy board refuses a leased job at once, and the client takes the free one instead of
+queueing."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from search.errors import TrialFailure
 from search.measure.agent import IF_IDLE
 from search.measure.remote import RemoteBackend
 from search.study.record import T_MEASUREMENT
+from search.study.storage import open_storage
 
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
 TOKEN = "s3cret-token-for-tests"  # test_faults._agent's token file holds what the test writes
@@ -51,7 +53,7 @@ def test_profile_pool_is_transport():
 
 
 @pytest.mark.slow
-def test_a_pool_finishes_the_study_when_an_agent_dies(tmp_path, digits_task):
+def test_a_pool_finishes_the_study_when_an_agent_dies(tmp_path, digits_task, postgres):
     folder = make_results(tmp_path, digits_task)
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
@@ -66,9 +68,9 @@ def test_a_pool_finishes_the_study_when_an_agent_dies(tmp_path, digits_task):
         env = {**os.environ, "HW_TEST_TOKEN": TOKEN}
         code, rows = _agents(folder / "profile.yaml", env)
         assert code == 0 and [r["url"] for r in rows] == urls and all(r["up"] for r in rows), rows
-        db = f"sqlite:///{folder / 'pool' / 'study.db'}"
-        proc = _start(_cmd(folder, "pool", 8, "--workers", "2"), env=env)
-        watch = Watch(db, "pool", proc)
+        db = postgres  # the workers share a real PostgreSQL, as a study over several machines would
+        proc = _start(_cmd(folder, "pool", 8, "--workers", "2", "--storage", db), env=env)
+        watch = Watch("postgresql+psycopg2://" + db.split("://", 1)[1], "pool", proc)  # (we ship psycopg2)
         first = watch.until("two finished trials", lambda ts: [t for t in ts if t.state == COMPLETE][:2]
                             if sum(t.state == COMPLETE for t in ts) >= 2 else None, poll=0.2)
         busy = first[0].user_attrs[T_MEASUREMENT]["backend"].removeprefix("remote ")
@@ -76,7 +78,7 @@ def test_a_pool_finishes_the_study_when_an_agent_dies(tmp_path, digits_task):
         _boards.stop(bs[urls.index(busy)])  # a board dies mid-study: the one that measured the first trial
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
-        st = optuna.load_study(study_name="pool", storage=db)
+        st = optuna.load_study(study_name="pool", storage=open_storage(db))
         assert not st.get_trials(states=(FAIL,)), [t.user_attrs for t in st.get_trials(states=(FAIL,))]
         assert len(st.get_trials(states=(COMPLETE,))) >= 8  # and the refinements: nothing lost
         measured_by = {t.user_attrs[T_MEASUREMENT]["backend"].removeprefix("remote ")
