@@ -189,8 +189,12 @@ def test_full_queue_is_503(server, client):
     wait_for(True, 1)
     status, payload = request(server, "POST", "/v1/measure", m["tiny"].read_bytes())
     assert status == 503 and "queue full" in payload["error"]
+    # A client past the queue (more workers than a board's queue holds) waits for a slot instead of failing.
+    third = threading.Thread(target=run, args=("tiny",))
+    third.start()
     first.join(60)
     second.join(60)
+    third.join(60)
     assert len(errors) == 1 and "timed out after 3 s" in str(errors[0])  # the hung model, as a trial failure
 
 

@@ -126,7 +126,7 @@ def test_stalled_headers_filling_the_cap_do_not_keep_a_valid_measurement_out():
         assert valid_s < 15, f"the valid request waited {valid_s:.1f} s"
         assert all_cut_s < 20
         assert settle(baseline) == baseline, "connection threads left behind"
-        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1}
+        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1, "jobs": 0}
 
 
 def test_stalled_and_trickled_headers_are_cut_at_the_header_deadline():

@@ -143,9 +143,10 @@ class RemoteBackend:
         the agent runs no other (IF_IDLE), else AgentBusy at once."""
         reason = ""
         headers = {"Authorization": self._auth, "Content-Type": "application/onnx", **({IF_IDLE: "1"} if lease else {})}
-        for attempt in range(self.retries):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        # A full queue (503) is a busy board, not a dead one: wait for it as long as a job may run, apart from the
+        # retries that count connection failures (more workers than a board's queue must not fail trials).
+        attempt, full_until = 0, time.monotonic() + self.LEASE_WAIT_S
+        while attempt < self.retries:
             req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
             try:
                 with self._opener.open(req, timeout=timeout) as resp:
@@ -157,6 +158,9 @@ class RemoteBackend:
                 if status != 503:
                     return status, payload
                 reason = "busy (measurement queue full)"
+                if time.monotonic() < full_until:
+                    time.sleep(_retry_after(e.headers, self.backoff_s))
+                    continue
             except TimeoutError:
                 raise TrialFailure(f"agent at {self.url} gave no answer in {timeout:g} s") from None
             except urllib.error.URLError as e:
@@ -166,6 +170,9 @@ class RemoteBackend:
                 reason = _reason(e.reason)
             except _TRANSIENT as e:
                 reason = _reason(e)
+            attempt += 1
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
         raise AgentUnreachable(f"measurement agent at {self.url} is unreachable: {reason} "
                                f"({self.retries} attempts); is `hwsearch agent` running there?")
 
@@ -300,6 +307,14 @@ class RemoteBackend:
         baseline = self.baselines.get(ref_key, record) if ref_key else None
         return record.finalize(baseline=baseline, memory_budget_mb=self.profile.budgets.memory_mb,
                                backend=f"remote {self.url}")
+
+
+def _retry_after(headers, default: float) -> float:
+    """The agent's Retry-After in seconds (bounded to 0.1-10 s), else `default`."""
+    try:
+        return min(10.0, max(0.1, float(headers.get("Retry-After", default))))
+    except (TypeError, ValueError):
+        return default
 
 
 def _json(raw: bytes) -> dict:
