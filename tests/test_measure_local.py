@@ -164,3 +164,31 @@ def test_cli_measure_json_and_table(tmp_path, capsys):
     dev.write_text("name: cli-test\nmeasure: {warmup: 1, repeats: 1, timeout_s: 1}\n")
     assert hang.func(hang) == 1
     assert "timed out" in capsys.readouterr().err
+
+
+def test_a_round_whose_parent_died_ends_itself(tmp_path):
+    """A round runs in its own session (a parent's Ctrl-C must not kill it mid-measurement), so a parent that
+    dies (an agent killed mid-round, a test process gone) cannot take it along: the round's own deadline must."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import psutil
+
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 4), np.float32))
+    code = (f"from search.measure import runner; runner.run_outputs({str(models()['hang'])!r}, "
+            f"{str(tmp_path / 'in.npz')!r}, {str(tmp_path / 'out.npz')!r}, timeout_s=3)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline, rounds = time.monotonic() + 60, []
+        while not rounds and time.monotonic() < deadline:
+            time.sleep(0.1)
+            rounds = [p for p in psutil.Process(parent.pid).children(recursive=True)
+                      if any(a.endswith("runner.py") for a in p.cmdline())]
+        assert rounds, "no round started"
+    finally:
+        parent.kill()  # before the round's 3 s timeout: nobody is left to stop the hung model
+        parent.wait()
+    started = time.monotonic()
+    rounds[0].wait(timeout=60)  # the deadline: 3 s + 5 s of grace
+    assert time.monotonic() - started < 30

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,7 +76,10 @@ def run_round(spec: dict, timeout_s: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-I", str(Path(__file__).resolve())]  # -I: no sibling module can shadow a library
     try:
-        proc = subprocess.run(cmd, input=json.dumps(spec), capture_output=True, text=True, timeout=timeout_s,
+        # deadline_s: the round ends itself too, so one whose parent died (an agent killed mid-round, a test
+        # process gone) cannot spin on a hung model forever in its own session.
+        proc = subprocess.run(cmd, input=json.dumps({**spec, "deadline_s": timeout_s}), capture_output=True,
+                              text=True, timeout=timeout_s,
                               env=env, start_new_session=True)
     except subprocess.TimeoutExpired:
         raise RoundError("timeout", f"measurement round timed out after {timeout_s:g} s (hung or far too "
@@ -485,7 +489,10 @@ def _reset_peak() -> bool:
 
 def main() -> None:
     try:
-        out = _child(json.loads(sys.stdin.read()))
+        spec = json.loads(sys.stdin.read())
+        if spec.get("deadline_s") and hasattr(signal, "alarm"):  # SIGALRM's default action ends the process,
+            signal.alarm(int(math.ceil(float(spec["deadline_s"]))) + 5)  # even inside a native ONNX Runtime loop
+        out = _child(spec)
     except RoundError as e:
         out = {"ok": False, "kind": e.kind, "error": str(e)}
     except MemoryError:
