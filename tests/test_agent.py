@@ -267,3 +267,22 @@ def test_model_file_too_large_for_the_agent_is_refused_by_the_client(client, tmp
     big.write_bytes(big.read_bytes() + b"\x00" * (3 * 2**20))
     with pytest.raises(TrialFailure, match="accepts at most 2 MB"):
         client().measure(big)
+
+
+def test_jobs_run_in_arrival_order():
+    """The agent's job lock is FIFO: a queued job is never overtaken by one that arrived after it."""
+    lock, order = agent.FifoLock(), []
+
+    def job(i: int) -> None:
+        with lock:
+            order.append(i)
+
+    with lock:  # the running job
+        threads = []
+        for i in range(8):
+            threads.append(threading.Thread(target=job, args=(i,)))
+            threads[-1].start()
+            time.sleep(0.05)  # arrival order = i
+    for t in threads:
+        t.join(10)
+    assert order == list(range(8))
