@@ -73,7 +73,7 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"agent exited at start: {proc.stderr.read() if proc.stderr else ''}"[:400])
+            raise RuntimeError(f"agent exited at start (exit {proc.returncode}; its log is beside the token file)")
         try:
             socket.create_connection((host, port), timeout=2).close()
             return
@@ -120,8 +120,10 @@ def boards(n: int, token_file: Path, cpu: float | None = 0.2, netns: bool = True
             else:
                 cmd[cmd.index("--port") + 1] = str(port := _free_port())
             join = (lambda f=group / "cgroup.procs": f.write_text(str(os.getpid()))) if group else None
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    start_new_session=True, preexec_fn=join)
+            # Its request log goes to a file: an unread pipe fills (64 KB) and every request then blocks on it.
+            with open(token_file.parent / f"{prefix}-agent-{i}.log", "w") as log:
+                proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True,
+                                        start_new_session=True, preexec_fn=join)
             made.append(Board(f"http://{host}:{port}", proc, ns, group))
             _wait_listening(host, port, proc)
         yield made
