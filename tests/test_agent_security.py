@@ -281,7 +281,7 @@ def test_stalled_upload_times_out_without_blocking_the_next_client():
             assert time.monotonic() - started < 30
         finally:
             slow.close()
-        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1}
+        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1, "jobs": 0}
 
 
 def test_trickled_upload_is_cut_off_by_the_overall_deadline():
@@ -343,7 +343,7 @@ def test_flood_beyond_the_queue_gets_503_while_the_agent_stays_responsive():
                 assert "queue full" in payload["error"] and headers.get("Retry-After") == "2"
         assert results["hang"][0][0] == 422 and results["hang"][0][1]["kind"] == "timeout"
         # Nothing leaked a slot: the queue is empty again and the next valid request is measured.
-        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1}
+        assert request(srv, "GET", "/v1/info")[1]["queue"] == {"busy": False, "waiting": 0, "size": 1, "jobs": 0}
         status, payload, _ = request(srv, "POST", f"/v1/measure?{FAST}", body)
         assert status == 200 and payload["latency"]["runs"] == 5
 
