@@ -137,3 +137,18 @@ def pytest_sessionfinish(session, exitstatus):
               "dependency is expected):\n" + "\n".join(f"  {s}" for s in _SKIPPED), file=sys.stderr)
         if session.exitstatus == 0:
             session.exitstatus = 1
+
+
+# The longest test files first (seconds of their slowest tests under `make test`, 2026-12-07): pytest-xdist's
+# --dist loadfile hands files out in collection order, so a long file collected last (alphabetically) ran alone
+# for minutes at the end while the other worker idled. Order within a file is kept.
+_LONG_FILES = {"test_faults.py": 434, "test_coverage_matrix.py": 305, "test_study_workers.py": 243,
+               "test_wordnet_lm.py": 233, "test_study.py": 225, "test_sensitivity.py": 200, "test_wordnet.py": 143,
+               "test_storage_outage.py": 117, "test_refine_resume.py": 100, "test_promote.py": 100,
+               "test_sealed.py": 99, "test_progress_log.py": 91, "test_agent_pool.py": 82, "test_tasks.py": 75,
+               "test_trustworthy.py": 74, "test_refine_uniform.py": 68, "test_multi_input.py": 55,
+               "test_wheel.py": 44}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: -_LONG_FILES.get(item.path.name, 0))  # stable: a file's tests keep their order
