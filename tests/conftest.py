@@ -139,9 +139,10 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = 1
 
 
-# The longest test files first (seconds of their slowest tests under `make test`, 2026-12-07): pytest-xdist's
-# --dist loadfile hands files out in collection order, so a long file collected last (alphabetically) ran alone
-# for minutes at the end while the other worker idled. Order within a file is kept.
+# The longest test files first (seconds of their slowest tests under `make test`, 2026-12-07). pytest-xdist's
+# loadfile otherwise hands files out by number of tests, so a long file with three tests (the language-model
+# study) started last and ran alone for minutes while the other worker idled; `make test` passes
+# --no-loadscope-reorder, so files go out in this collection order. Order within a file is kept.
 _LONG_FILES = {"test_faults.py": 434, "test_coverage_matrix.py": 305, "test_study_workers.py": 243,
                "test_wordnet_lm.py": 233, "test_study.py": 225, "test_sensitivity.py": 200, "test_wordnet.py": 143,
                "test_storage_outage.py": 117, "test_refine_resume.py": 100, "test_promote.py": 100,
