@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from _boards import boards, unavailable
@@ -43,7 +44,7 @@ budgets: {{latency_ms: 1000.0, memory_mb: 2000.0, model_mb: 100.0}}
 def run_pool(n: int, scratch: Path, args) -> dict:
     import optuna
 
-    from search.study.record import T_STAGE_SECONDS
+    from search.study.record import T_MEASUREMENT, T_STAGE_SECONDS
 
     token = scratch / "token"
     token.write_text(TOKEN + "\n")
@@ -72,17 +73,14 @@ def run_pool(n: int, scratch: Path, args) -> dict:
         for k, v in (t.user_attrs.get(T_STAGE_SECONDS) or {}).items():
             stages[k] = stages.get(k, 0.0) + v
     total = sum(stages.values())
-    by = {}
-    for t in done:
-        by.setdefault(t.user_attrs.get("measurement", {}).get("backend", "?").removeprefix("remote "), 0)
-        by[t.user_attrs.get("measurement", {}).get("backend", "?").removeprefix("remote ")] += 1
+    by = Counter(t.user_attrs.get(T_MEASUREMENT, {}).get("backend", "?").removeprefix("remote ") for t in done)
     return {"boards": n, "trials": len(done), "failed": sum(t.state == optuna.trial.TrialState.FAIL
                                                              for t in study.trials),
             "span_s": round(span, 1), "study_wall_s": round(wall, 1),
             "trials_per_hour": round(len(done) / span * 3600, 1),
             "stage_seconds": {k: round(v, 1) for k, v in sorted(stages.items())},
             "measure_share": round(stages.get("measure", 0.0) / total, 3) if total else None,
-            "trials_by_board": by}
+            "trials_by_board": dict(by)}
 
 
 def main() -> int:

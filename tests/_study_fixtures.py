@@ -72,6 +72,16 @@ def write_configs(folder: Path, space_text: str = TINY_SPACE, **profile) -> tupl
     return space, prof
 
 
+def cli_study(folder: Path, task: str, study: str, space: str, profile: str, trials: int, *extra: str):
+    """`hwsearch run` of a short seeded study (CPU training, no progress) with `space` and `profile` written into
+    `folder`, results under folder/results: the finished process."""
+    (folder / "space.yaml").write_text(space)
+    (folder / "profile.yaml").write_text(profile)
+    return run_cli("run", "--task", task, "--space", str(folder / "space.yaml"), "--device",
+                   str(folder / "profile.yaml"), "--trials", str(trials), "--study", study, "--results",
+                   str(folder / "results"), "--seed", "0", "--train-on", "cpu", "--no-progress", *extra, timeout=900)
+
+
 def export_fastest(study: str, results: Path, out: Path) -> dict:
     """`hwsearch front` (every point with its held-out score), then `hwsearch export --verify` of the fastest
     front point into `out`: its manifest."""

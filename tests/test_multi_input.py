@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _study_fixtures import TRANSFORMER_PRECISIONS, export_fastest, profile_text, space_text
-from conftest import run_cli
+from _study_fixtures import TRANSFORMER_PRECISIONS, cli_study, export_fastest, profile_text, space_text
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -106,12 +105,9 @@ def test_a_two_input_file_exports_scores_and_is_measured_with_both_inputs(tmp_pa
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert2")
-    (folder / "space.yaml").write_text(space_text("two", budget="{steps: 30, max_samples: 512}",
-                                                 refine="{steps: 30}", max_drop=0.5))
-    (folder / "profile.yaml").write_text(profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS))
-    r = run_cli("run", "--task", f"{ZOO}:make_bert2", "--space", str(folder / "space.yaml"), "--device",
-                str(folder / "profile.yaml"), "--trials", "4", "--study", "two", "--results",
-                str(folder / "results"), "--seed", "0", "--train-on", "cpu", "--no-progress", timeout=900)
+    r = cli_study(folder, f"{ZOO}:make_bert2", "two",
+                  space_text("two", budget="{steps: 30, max_samples: 512}", refine="{steps: 30}", max_drop=0.5),
+                  profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS), 4)
     return folder, r
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _study_fixtures import TRANSFORMER_PRECISIONS, export_fastest, profile_text, space_text
-from conftest import run_cli
+from _study_fixtures import TRANSFORMER_PRECISIONS, cli_study, export_fastest, profile_text, space_text
 
 from search.errors import UserError
 from search.tasks import load_task
@@ -79,12 +78,9 @@ def wordnet_study(tmp_path_factory):
     """A short real study of the real-text task through the CLI: the four seeded baselines (uniform int8 PTQ of
     the teacher among them) against a profile whose MatMul runs dynamic int8."""
     folder = tmp_path_factory.mktemp("wordnet")
-    (folder / "space.yaml").write_text(space_text("wordnet", budget="{steps: 20, max_samples: 1024}",
-                                                  refine="{steps: 20}", max_drop=0.5))
-    (folder / "profile.yaml").write_text(profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS))
-    r = run_cli("run", "--task", "wordnet-supersense", "--space", str(folder / "space.yaml"), "--device",
-                str(folder / "profile.yaml"), "--trials", "4", "--study", "wn", "--results", str(folder / "results"),
-                "--seed", "0", "--train-on", "cpu", "--no-progress", timeout=900)
+    r = cli_study(folder, "wordnet-supersense", "wn",
+                  space_text("wordnet", budget="{steps: 20, max_samples: 1024}", refine="{steps: 20}", max_drop=0.5),
+                  profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS), 4)
     return folder, r
 
 
