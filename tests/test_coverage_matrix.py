@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _study_fixtures import profile_text, space_text
+from _study_fixtures import AGREEING_MEASURE, profile_text, space_text
 
 pytestmark = pytest.mark.slow  # six real studies through the CLI (minutes)
 
@@ -84,7 +84,7 @@ def workdir(tmp_path_factory) -> tuple[Path, Path, dict]:
     space, profile = folder / "space.yaml", folder / "profile.yaml"
     space.write_text(SPACE)
     # Budgets every row meets: the matrix is about coverage, not about what fits.
-    profile.write_text(profile_text(latency_ms=100.0, memory_mb=1000.0, model_mb=50.0))
+    profile.write_text(profile_text(latency_ms=100.0, memory_mb=1000.0, model_mb=50.0, measure=AGREEING_MEASURE))
     env = {"HWSEARCH_ZOO_CACHE": str(folder / "teachers")}  # run, front and export share one teacher per arch
     return space, profile, env
 

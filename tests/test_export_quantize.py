@@ -48,7 +48,12 @@ def test_export_matches_pytorch_with_dynamic_batch(arch):
     assert [i.name for i in m.graph.input] == ["input"] and [o.name for o in m.graph.output] == ["logits"]
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     keys = {p.key for n in m.graph.node for p in n.metadata_props}
-    assert "pkg.torch.onnx.name_scopes" in keys and "pkg.torch.onnx.stack_trace" not in keys
+    assert "pkg.torch.onnx.stack_trace" not in keys
+    # every weighted node maps back to its module (per-layer bits and runs_as rely on it)
+    modules = dict(model.named_modules())
+    layers = weighted_nodes(m)
+    weighted = {k for k, mod in modules.items() if isinstance(mod, (nn.Conv2d, nn.Linear))}
+    assert weighted and weighted <= set(layers) <= set(modules), sorted(layers)
     for batch in (1, 7):
         x = torch.rand(batch, *archs.INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
         with torch.no_grad():
@@ -57,14 +62,18 @@ def test_export_matches_pytorch_with_dynamic_batch(arch):
 
 
 def test_fast_export_computes_the_same_and_falls_back_to_dynamo(tmp_path, monkeypatch):
-    """fast=True (the sensitivity stage's pruned variants) is the TorchScript exporter: same outputs, no module
-    scopes; a model it cannot take goes the dynamo way."""
+    """fast=True (the default) is the TorchScript exporter: same outputs, and the same layers mapped to the same
+    op types as the dynamo export (from node names instead of scope metadata); a model it cannot take, or whose
+    trace the tracer warns about, goes the dynamo way."""
     from search.compress import export_onnx
 
     model = archs.build("mobilenet", seed=2).eval()
     path = export_onnx(model, archs.INPUT_SHAPE, tmp_path / "fast.onnx", fast=True)
     m = onnx.load(str(path))
     assert not {p.key for n in m.graph.node for p in n.metadata_props}  # not the dynamo exporter's graph
+    dynamo = export_onnx(model, archs.INPUT_SHAPE, tmp_path / "dynamo.onnx", fast=False)
+    ops = {k: [n.op_type for n in v] for k, v in weighted_nodes(m).items()}
+    assert ops and ops == {k: [n.op_type for n in v] for k, v in weighted_nodes(dynamo).items()}
     assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic batch
     for batch in (1, 5):
         x = torch.rand(batch, *archs.INPUT_SHAPE, generator=torch.Generator().manual_seed(batch))
@@ -126,7 +135,9 @@ def test_int8_teacher_qdq_exact_size_and_accuracy(digits_task, teacher_onnx):
     assert r.quantized == {n: 8 for n in layers} and not r.skipped
     prec = node_precisions(r.path)
     assert all(prec[n] == ("uint8", "int8") for layer in layers for n in lmap[layer])
-    assert os.path.getsize(r.path) <= 0.35 * os.path.getsize(teacher_onnx)
+    # int8 weights: under 0.4 of the fp32 file (29 KB of 76 KB here; 0.33 of dynamo's 86 KB, which carries scope
+    # metadata; the TorchScript file carries the Clip bounds as Constant nodes)
+    assert os.path.getsize(r.path) <= 0.4 * os.path.getsize(teacher_onnx)
     assert ort_top1(r.path, d["val_x"], d["val_y"]) >= fp32_top1 - 0.01
 
     # Mixed: QDQ exactly on the layers marked 8; none on the weights of those marked 32, and none at

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _study_fixtures import TRANSFORMER_PRECISIONS, cli_study, export_fastest, profile_text, space_text
+from _study_fixtures import (
+    AGREEING_MEASURE,
+    TRANSFORMER_PRECISIONS,
+    cli_study,
+    export_fastest,
+    profile_text,
+    space_text,
+)
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -107,7 +114,7 @@ def study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bert2")
     r = cli_study(folder, f"{ZOO}:make_bert2", "two",
                   space_text("two", budget="{steps: 30, max_samples: 512}", refine="{steps: 30}", max_drop=0.5),
-                  profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS), 4)
+                  profile_text(20.0, 1000.0, 50.0, measure=AGREEING_MEASURE, precisions=TRANSFORMER_PRECISIONS), 4)
     return folder, r
 
 

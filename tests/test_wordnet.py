@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _study_fixtures import TRANSFORMER_PRECISIONS, cli_study, export_fastest, profile_text, space_text
+from _study_fixtures import (
+    AGREEING_MEASURE,
+    TRANSFORMER_PRECISIONS,
+    cli_study,
+    export_fastest,
+    profile_text,
+    space_text,
+)
 
 from search.errors import UserError
 from search.tasks import load_task
@@ -80,7 +87,7 @@ def wordnet_study(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wordnet")
     r = cli_study(folder, "wordnet-supersense", "wn",
                   space_text("wordnet", budget="{steps: 20, max_samples: 1024}", refine="{steps: 20}", max_drop=0.5),
-                  profile_text(20.0, 1000.0, 50.0, precisions=TRANSFORMER_PRECISIONS), 4)
+                  profile_text(20.0, 1000.0, 50.0, measure=AGREEING_MEASURE, precisions=TRANSFORMER_PRECISIONS), 4)
     return folder, r
 
 

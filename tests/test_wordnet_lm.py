@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _study_fixtures import TRANSFORMER_INT4_PRECISIONS, cli_study, export_fastest, profile_text, space_text
+from _study_fixtures import (
+    AGREEING_MEASURE,
+    TRANSFORMER_INT4_PRECISIONS,
+    cli_study,
+    export_fastest,
+    profile_text,
+    space_text,
+)
 
 from search.tasks import wordnet as wn
 
@@ -33,11 +40,8 @@ def lm_study(tmp_path_factory):
     """A short real study of the language-model built-in through the CLI, with int4 offered on MatMul."""
     folder = tmp_path_factory.mktemp("wordnet-lm")
     space = space_text("lm", budget="{steps: 12, max_samples: 1024}", refine="{steps: 12}", max_drop=0.5)
-    # Rounds until they agree (2-5, 3%): a MatMul-heavy model's single round can land 28% slow beside the other
-    # test worker, and `export --verify` below re-measures it.
-    measure = "backend: local, warmup: 5, repeats: 30, batch: 1, timeout_s: 60, rounds: 2, max_rounds: 5"
     r = cli_study(folder, "wordnet-lm", "lm", space.replace("bits: [32, 8]", "bits: [32, 8, 4]"),
-                  profile_text(20.0, 1000.0, 50.0, measure=measure, precisions=TRANSFORMER_INT4_PRECISIONS), 5,
+                  profile_text(20.0, 1000.0, 50.0, measure=AGREEING_MEASURE, precisions=TRANSFORMER_INT4_PRECISIONS), 5,
                   "--refine", "1")
     return folder, r
 

@@ -24,6 +24,7 @@ from search.study.record import (
     T_BASELINE,
     T_BUDGET,
     T_CONSTRAINTS,
+    T_EXPORTER,
     T_FAIL_REASON,
     T_FEASIBLE,
     T_INTERRUPTED_FROM,
@@ -172,6 +173,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, timer: StageTimer, work: Path) -> tuple[float, float, float]:
         from search.compress import Reexport, compare, distill, export_onnx, prune
+        from search.compress.onnx_names import exporter_of
         from search.compress.runs import kernel_signature
 
         ctx = self.ctx
@@ -243,6 +245,7 @@ class Objective:
         with timer("evaluate"):
             accuracy = onnx_accuracy(candidate, ctx.val_x, ctx.val_y, metric=ctx.task.metric)
             trial.set_user_attr(T_ONNX_SHA256, sha256_file(candidate))  # the file scored, byte for byte
+            trial.set_user_attr(T_EXPORTER, exporter_of(candidate))
         constraints = {**hw, **accuracy_constraint(ctx, accuracy)}
         for name, value in constraints.items():
             trial.set_constraint(name, float(value))

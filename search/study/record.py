@@ -59,6 +59,7 @@ T_SKIPPED = "skipped_layers"  # {layer: reason} (pruning or quantization could n
 T_PRUNED = "pruned"  # {layer: {"requested", "applied", "channels": [before, after], "reason"?}}
 T_PRECISION = "precision"  # {layer: {"requested": bits, "runs_as": kernel, "differs": bool}}
 T_RUNS_READ_ON = "runs_as_read_on"  # "host" or "device: <its description>": whose optimised graph T_PRECISION read
+T_EXPORTER = "exporter"  # "torchscript" or "dynamo": which exporter wrote the scored file (its graphs differ by 1-2%)
 T_ONNX_SHA256 = "onnx_sha256"  # sha256 of the ONNX file whose accuracy was scored (the artifact)
 T_STOPPED = "stopped"  # the memory limit stopped the model: a COMPLETE, infeasible trial without latency
 T_FAIL_REASON = "fail_reason"
