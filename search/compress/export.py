@@ -215,13 +215,13 @@ def check_export(model: nn.Module, path: str | os.PathLike, example: torch.Tenso
                  batch: int = 3, atol: float = 1e-4, seed: int = 0) -> float:
     """Max |ORT - PyTorch| on `batch` inputs (see `export_onnx`), scaled by the logits' magnitude; raises
     TrialFailure above `atol` (a graph that does not compute what the model computes must not be scored)."""
-    import onnxruntime as ort
+    from search.utils.ort import cpu_session
 
     x = _examples(example, batch, seed)
     with torch.no_grad():
         ref = call(model.eval(), x).float().numpy()
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = cpu_session(path)
         got = sess.run(None, feed(sess, to_numpy(x)))[0]
     except Exception as exc:
         raise TrialFailure(f"exported ONNX does not run in ONNX Runtime: {short_reason(exc)}") from exc

@@ -176,7 +176,7 @@ def nonfinite_nodes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> set[
     layers around them quantize as planned. Found by running the float model once with every float
     intermediate as an output.
     """
-    import onnxruntime as ort
+    from search.utils.ort import cpu_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -185,7 +185,7 @@ def nonfinite_nodes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> set[
     names = [o for n in probe.graph.node for o in n.output if o in floats and o not in known]
     probe.graph.output.extend(v for v in probe.graph.value_info if v.name in set(names))
     try:
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = cpu_session(probe.SerializeToString())
         outs = sess.run(None, feed)
     except Exception:  # noqa: BLE001 - a probe only: without it the quantizer runs as before
         return set()

@@ -341,10 +341,10 @@ def _dynamic(model: onnx.ModelProto, nodes: list[str], per_channel: bool) -> onn
 
 
 def _check_runs(path: Path, feed: dict[str, np.ndarray]) -> None:
-    import onnxruntime as ort
+    from search.utils.ort import cpu_session
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = cpu_session(path)
         out = sess.run(None, feed)[0]
     except Exception as exc:
         raise TrialFailure(f"quantized model does not run in ONNX Runtime: {short_reason(exc)}") from exc

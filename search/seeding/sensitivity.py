@@ -30,8 +30,8 @@ from search.tasks import Task
 from search.utils.atomic import atomic_write_text
 from search.utils.progress import progress_bar
 
-KEY_VERSION = "5"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise; 4: floor_params;
-# 5: where it was measured (host or agent) and the library versions
+KEY_VERSION = "6"  # 2: pruned variants through the fast exporter; 3: their file size saving likewise; 4: floor_params;
+# 5: where it was measured (host or agent) and the library versions; 6: every file from the trials' exporter
 MB = 1024 * 1024
 BN_BATCH = 128  # samples per BatchNorm re-estimation batch
 # Re-estimating BatchNorm on 4 batches ranks trained outcomes better than none (Kendall tau 0.745 vs 0.681,
@@ -170,7 +170,7 @@ class _Runner:
     def teacher_fp32(self) -> Path:
         return self.export(self.ctx.task.teacher, "teacher")
 
-    def export(self, model, tag: str, fast: bool = False) -> Path:
+    def export(self, model, tag: str, fast: bool = True) -> Path:
         from search.compress import export_onnx
 
         with self.timer("export"):
@@ -293,9 +293,9 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
     run = _Runner(ctx, work, bn_inputs)
     teacher = run.score(run.quantized(run.teacher_fp32, {}, "teacher").path)
     t_acc, t_lat = teacher[0], teacher[1]
-    # Pruned variants go through the fast exporter (export time was 60% of this stage), so their savings are
-    # taken against the teacher through the same exporter; bit-width variants need the module names.
-    fast_teacher = run.score(run.export(ctx.task.teacher, "teacher-fast", fast=True), evaluate=False)
+    # Every variant goes through the exporter a trial uses (`export_onnx`'s default), so savings are taken against
+    # the teacher's file from that exporter.
+    fast_teacher = run.score(run.teacher_fp32, evaluate=False)
     same: dict = {None: (t_acc, *fast_teacher[1:])}  # pruned models of equal widths are equal (deterministic)
     rows: list[SensitivityRow] = []
     failed: dict[str, str] = {}
