@@ -9,6 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 QUICK = [
     ["bench_teacher.py"],
+    ["bench_export.py"],
     ["bench_measure.py", "--rounds", "5"],
     ["bench_techniques.py", "--quick"],
     ["bench_samplers.py", "--quick"],

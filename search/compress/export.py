@@ -4,7 +4,7 @@ The exported nodes keep `pkg.torch.onnx.name_scopes`, which maps them back to mo
 (see `onnx_names`); the bulky per-node stack traces are dropped: they inflate small models several
 times over and leak local file paths into a file meant for deployment.
 
-`fast` (the default) uses the TorchScript exporter (0.1-0.5 s against 1.5-3.8 s on the Fashion-MNIST teacher):
+`fast` (the default) uses the TorchScript exporter (0.09-0.13 s against dynamo's 2.0-2.3 s, benchmarks/bench_export.py):
 its node names carry the module scopes (`onnx_names.scope_module`), and a file where a Conv/Gemm/MatMul does not
 map to a module of the model is exported by dynamo instead. Its graphs ran 1-2% faster than the dynamo ones here
 (0.0807 vs 0.0817 ms teacher, 0.0659 vs 0.0670 ms pruned), the same saving either way, so compare latencies of
