@@ -1,6 +1,6 @@
-"""Export a PyTorch model to ONNX (dynamo exporter) with a dynamic batch dimension.
+"""Export a PyTorch model to ONNX (TorchScript exporter, dynamo where it cannot) with a dynamic batch dimension.
 
-The exported nodes keep `pkg.torch.onnx.name_scopes`, which maps them back to module names
+A dynamo export's nodes keep `pkg.torch.onnx.name_scopes`, which maps them back to module names
 (see `onnx_names`); the bulky per-node stack traces are dropped: they inflate small models several
 times over and leak local file paths into a file meant for deployment.
 

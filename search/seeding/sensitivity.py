@@ -170,11 +170,11 @@ class _Runner:
     def teacher_fp32(self) -> Path:
         return self.export(self.ctx.task.teacher, "teacher")
 
-    def export(self, model, tag: str, fast: bool = True) -> Path:
+    def export(self, model, tag: str) -> Path:
         from search.compress import export_onnx
 
         with self.timer("export"):
-            return export_onnx(model, self.ctx.examples, self.work / f"{tag}-fp32.onnx", fast=fast)
+            return export_onnx(model, self.ctx.examples, self.work / f"{tag}-fp32.onnx")
 
     def pruned(self, ratios: dict[str, float], recalibrate: bool):
         """(pruned model, its channel widths or None when nothing was removed, why a layer was not pruned)."""
@@ -295,8 +295,8 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
     t_acc, t_lat = teacher[0], teacher[1]
     # Every variant goes through the exporter a trial uses (`export_onnx`'s default), so savings are taken against
     # the teacher's file from that exporter.
-    fast_teacher = run.score(run.teacher_fp32, evaluate=False)
-    same: dict = {None: (t_acc, *fast_teacher[1:])}  # pruned models of equal widths are equal (deterministic)
+    teacher_file = run.score(run.teacher_fp32, evaluate=False)
+    same: dict = {None: (t_acc, *teacher_file[1:])}  # pruned models of equal widths are equal (deterministic)
     rows: list[SensitivityRow] = []
     failed: dict[str, str] = {}
     with progress_bar(f"sensitivity of the {ctx.task.name} teacher", len(variants) + 2, progress,
@@ -336,16 +336,15 @@ def _analyse(ctx: Context, key: str, bn_batches: int, work: Path, progress: bool
 
 def _row(run: _Runner, i: int, unit: str, kind: str, value: float, layers: list[str], same: dict,
          teacher: tuple) -> SensitivityRow:
-    """One variant, scored. `same`: scores of pruned models by their widths (None: the teacher through the
-    fast exporter, their baseline); `teacher`: the teacher's own score. The row's latency and file size are
-    the teacher's minus the saving measured against the variant's baseline (the fast exporter's files carry
-    no node metadata, so their sizes compare only with each other)."""
+    """One variant, scored. `same`: scores of pruned models by their widths (None: the teacher's fp32 file, their
+    baseline); `teacher`: the teacher's own score. The row's latency and file size are the teacher's minus the
+    saving measured against the variant's baseline (fp32 files compare with fp32 files)."""
     runs: dict[str, str] = {}
     if kind == "prune":
         gran = run.ctx.space.pruning.granularity
         model, widths, note = run.pruned(run.ctx.layers.prune_ratios(gran, {unit: value}), recalibrate=True)
         if widths not in same:
-            same[widths] = run.score(run.export(model, f"v{i}", fast=True))
+            same[widths] = run.score(run.export(model, f"v{i}"))
         (acc, lat, mem, mb), base, changed = same[widths], same[None], widths is not None
     else:
         q = run.quantized(run.teacher_fp32, {layer: int(value) for layer in layers}, f"v{i}")
