@@ -44,6 +44,8 @@ def main() -> int:
     from search.compress.onnx_names import weighted_nodes
     from search.config import load_profile
     from search.measure.accuracy import onnx_correct
+    from search.tasks.arrays import dataset_arrays
+    from search.tasks.inputs import rows, to_torch
 
     torch.set_num_threads(1)
     profile = load_profile(args.device)
@@ -51,8 +53,8 @@ def main() -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     result = header("bench_dynamic_int8.py", None)
-    train_x, val_x, val_y = task.train.tensors[0].numpy(), *(t.numpy() for t in task.val.tensors)  # built-in
-    fp32 = export_onnx(task.teacher, torch.from_numpy(val_x[:4]), work / "teacher-fp32.onnx")
+    (train_x, _), (val_x, val_y) = dataset_arrays(task.train), dataset_arrays(task.val)  # ids (and mask)
+    fp32 = export_onnx(task.teacher, to_torch(rows(val_x, slice(0, 4))), work / "teacher-fp32.onnx")
     layers = list(weighted_nodes(fp32))
     bits = dict.fromkeys(layers, 8)
     rt = profile.runtime
@@ -60,10 +62,10 @@ def main() -> int:
     variants = [{"name": "fp32", "path": fp32}]
     for method, n in STATIC:
         print(f"quantizing: static {method}, {n} samples ...", flush=True)
-        q = quantize(fp32, work / f"static-{method}-{n}.onnx", bits, train_x[:n], method=method)
+        q = quantize(fp32, work / f"static-{method}-{n}.onnx", bits, rows(train_x, slice(0, n)), method=method)
         variants.append({"name": f"static-{method}-{n}", "kind": "static", "method": method, "samples": n,
                          "path": q.path, "q": q})
-    q = quantize(fp32, work / "dynamic-matmul.onnx", bits, train_x[:256], dynamic_ops={"MatMul"})
+    q = quantize(fp32, work / "dynamic-matmul.onnx", bits, rows(train_x, slice(0, 256)), dynamic_ops={"MatMul"})
     variants.append({"name": "dynamic-matmul", "kind": "dynamic", "path": q.path, "q": q})
 
     ref_val = onnx_correct(fp32, val_x, val_y)
@@ -101,7 +103,7 @@ def main() -> int:
     print(f"calibration on val: best {best['name']} ({100 * diff.mean():+.2f} ± {100 * se:.2f} pts over "
           f"{DEFAULT}): {'switch to it' if switch else 'keep the default'}", flush=True)
 
-    test_x, test_y = (t.numpy() for t in task.test.tensors)
+    test_x, test_y = dataset_arrays(task.test)
     ref_test = onnx_correct(fp32, test_x, test_y)
     for v, row in zip(variants, rows, strict=True):
         t = onnx_correct(v["path"], test_x, test_y)

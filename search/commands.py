@@ -147,6 +147,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
                        f"val {judged} {meta['val_accuracy'] * 100:.2f}%")
         else:
             teacher = "not trained yet (trained on first use)"
-        shape = "x".join(map(str, b.input_shape))
+        shapes = b.input_shape if isinstance(b.input_shape[0], tuple) else (b.input_shape,)
+        shape = "+".join("x".join(map(str, one)) for one in shapes)  # several inputs: 32+32
         print(f"{name:<15} {shape:<10} {teacher:<40} {b.description}")
     return 0

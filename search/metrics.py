@@ -1,5 +1,5 @@
-"""What a task is judged by: a per-sample metric over the model's first output, and the output kind that
-distillation needs.
+"""What a task is judged by: a per-sample metric over the model's first output (or over every output, for a model
+with several whose metric asks for them), and the output kind that distillation needs.
 
 Per sample, not one number: the objective is the mean, and the held-out report pairs candidate and teacher on
 the same samples (the standard error of the paired difference), which works for any per-sample score.
@@ -13,7 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (outputs (N, ...), targets (N, ...)) -> scores (N,)
+# (outputs (N, ...), targets (N, ...)) -> scores (N,); with every_output, outputs is a tuple of such arrays
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 OutputKind = Literal["classes", "regression", "tokens"]
 OUTPUT_KINDS: tuple[str, ...] = ("classes", "regression", "tokens")
 IGNORE_INDEX = -100  # a token target that is not scored or trained on (padding, the last position)
@@ -24,11 +25,13 @@ class Metric:
     """A named per-sample score, higher is better (negate an error, as NEG_MAE does).
 
     `percent`: a share in [0, 1] (top-1), shown as a percentage with changes in percentage points; otherwise
-    values and changes are shown in the metric's own unit."""
+    values and changes are shown in the metric's own unit. `every_output`: `scores` gets a tuple of every output
+    of the model (in its order) instead of the first alone, for a model with several whose score needs them."""
 
     name: str
     scores: ScoreFn
     percent: bool = True
+    every_output: bool = False
 
     @property
     def scale(self) -> float:
@@ -39,7 +42,13 @@ class Metric:
         """What a study stores about its metric (inspection tools format with it, without the task)."""
         return {"name": self.name, "percent": self.percent}
 
-    def __call__(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def __call__(self, outputs: np.ndarray | tuple[np.ndarray, ...], targets: np.ndarray) -> np.ndarray:
+        """Per-sample scores of `outputs` (one array, or a tuple of every output's array)."""
+        several = isinstance(outputs, tuple)
+        if self.every_output:
+            outputs = outputs if several else (outputs,)
+        elif several:
+            outputs = outputs[0]
         s = np.asarray(self.scores(outputs, targets), dtype=np.float64).reshape(-1)
         if len(s) != len(targets):
             raise ValueError(f"metric {self.name!r} returned {len(s)} scores for {len(targets)} samples "

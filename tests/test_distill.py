@@ -67,6 +67,42 @@ def test_fine_tune_recovers_a_half_pruned_digits_teacher(digits_task):
     assert all(not p.requires_grad for p in teacher.parameters())  # the task's teacher stays frozen
 
 
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU())
+        self.digit, self.extra = torch.nn.Linear(32, 10), torch.nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.digit(h), self.extra(h)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_second_output_is_distilled_towards_the_teachers(cached):
+    """A model returning (logits, extra): the logits train as usual and the extra output, which has no targets,
+    is trained by mean squared error to the teacher's, from cached (a tuple per output) or live logits."""
+    torch.manual_seed(0)
+    teacher = _TwoHeads().eval()
+    data = _tiny_data(256)
+    student = _TwoHeads()
+    student.load_state_dict(teacher.state_dict())
+    torch.nn.init.normal_(student.extra.weight, std=1.0)  # only the extra head is off
+    x = data.tensors[0]
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(student.eval()(x)[1], teacher(x)[1]))
+
+    before = gap()
+    logits = teacher_logits(teacher, data) if cached else None
+    if cached:
+        assert isinstance(logits, tuple) and [t.shape for t in logits] == [(256, 10), (256, 3)]
+    distill(student, data, logits, None if cached else teacher, temperature=2.0, alpha=0.5, steps=150, lr=0.01,
+            batch_size=64, seed=0)
+    assert gap() < before / 10, (before, gap())
+
+
 def _tiny_data(n: int = 96) -> TensorDataset:
     d = digits()
     return TensorDataset(torch.from_numpy(d["train_x"][:n]), torch.from_numpy(d["train_y"][:n]))

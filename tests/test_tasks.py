@@ -266,7 +266,8 @@ class Net(nn.Module):
     def forward(self, x):
         h = torch.relu(self.fc1(x))
         z = self.fc2(h)
-        return {"dict": {"logits": z, "hidden": h}, "dataclass": Out(z, h), "tuple": (z, h)}[self.kind]
+        return {"dict": {"logits": z, "hidden": h}, "dataclass": Out(z, h), "tuple": (z, h),
+                "scores": {"scores": z}, "mixed": (z, "hidden")}[self.kind]
 
 
 def make(kind):
@@ -284,6 +285,14 @@ def as_dataclass():
 
 def as_tuple():
     return make("tuple")
+
+
+def as_scores():
+    return make("scores")
+
+
+def as_mixed():
+    return make("mixed")
 '''
 
 
@@ -304,11 +313,20 @@ def test_a_teacher_returning_a_dict_or_dataclass_with_logits_is_searched_as_it_i
     export_onnx(student, x, tmp_path / "s.onnx")  # verified against PyTorch's outputs
 
 
-def test_a_teacher_returning_something_else_is_a_one_line_error(tmp_path: Path):
+@pytest.mark.parametrize(("kind", "returns"), [("as_scores", "dict with scores"), ("as_mixed", "tuple")])
+def test_a_teacher_returning_something_else_is_a_one_line_error(tmp_path: Path, kind, returns):
     (tmp_path / "outs.py").write_text(OUTPUT_TASKS)
-    with pytest.raises(UserError, match=r"the teacher returns tuple; expected a logits tensor, or a dict or "
-                                         r"dataclass holding one under 'logits'"):
-        load_task(f"{tmp_path / 'outs.py'}:as_tuple")
+    with pytest.raises(UserError, match=rf"the teacher returns {returns}; expected a logits tensor, a tuple of "
+                                        r"tensors \(the first is the logits\), or a dict or dataclass holding one"):
+        load_task(f"{tmp_path / 'outs.py'}:{kind}")
+
+
+def test_a_teacher_returning_a_tuple_of_tensors_keeps_every_output(tmp_path: Path):
+    """Several outputs are searched as they are (tests/test_coverage_matrix.py's twohead row goes end to end)."""
+    (tmp_path / "outs.py").write_text(OUTPUT_TASKS)
+    task = load_task(f"{tmp_path / 'outs.py'}:as_tuple")
+    out = task.teacher(torch.rand(2, 16))
+    assert isinstance(out, tuple) and [o.shape for o in out] == [(2, 3), (2, 64)]
 
 
 @pytest.mark.slow

@@ -71,9 +71,15 @@ def test_the_shipped_teacher_is_used_and_onnx_runtime_agrees_with_its_record(tmp
     task = load_task("wordnet-supersense", results_dir=tmp_path, progress=False)
     key = task.teacher_info["key"]
     assert task.teacher_info == json.loads((SHIPPED_DIR / f"wordnet-supersense-{key}.json").read_text())
-    assert task.input_spec.dtype == "int64" and task.input_shape == (wn.SEQ_LEN,)
-    path = export_onnx(task.teacher, torch.from_numpy(data["val_x"][:4]), tmp_path / "teacher.onnx")
-    val = onnx_accuracy(path, data["val_x"], data["val_y"])
+    # two inputs, as BERT-style models ship: the ids and their attention mask
+    assert [(s.name, s.dtype) for s in task.input_specs] == [("input_ids", "int64"), ("attention_mask", "int64")]
+    assert task.input_shapes == ((wn.SEQ_LEN,), (wn.SEQ_LEN,))
+    sample, _ = task.val[0]
+    assert torch.equal(sample["attention_mask"], (sample["input_ids"] != 0).long())
+    example = {k: torch.from_numpy(v) for k, v in wn.ids_and_mask(data["val_x"][:4]).items()}
+    path = export_onnx(task.teacher, example, tmp_path / "teacher.onnx")
+    val = onnx_accuracy(path, wn.ids_and_mask(data["val_x"]), data["val_y"])
+    # trained on the ids with padding read from them: given the mask, it computes the same
     assert val == pytest.approx(task.teacher_info["val_accuracy"], abs=0.002)
     assert val > 0.8  # real text, ten classes: the largest class is 18%
 
@@ -107,5 +113,6 @@ def test_a_study_of_real_text_runs_and_dynamic_int8_keeps_the_teachers_accuracy(
     assert int8.values[0] >= view.teacher["accuracy"] - 0.01, (int8.values, view.teacher)  # within 1 point on val
     # the front prints held-out scores, and its fastest point exports and verifies
     manifest = export_fastest("wn", folder / "results", tmp_path / "deploy")
-    assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"][1:] == [wn.SEQ_LEN]
+    assert [(i["name"], i["dtype"], i["shape"][1:]) for i in manifest["inputs"]] == [
+        ("input_ids", "int64", [wn.SEQ_LEN]), ("attention_mask", "int64", [wn.SEQ_LEN])]
 

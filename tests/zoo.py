@@ -16,6 +16,7 @@ when written; each row's floor in the test is well under it:
 - bert          (token + position embeddings, padding mask, 2 post-LN encoder layers):      100%  (chance 25%)
 - regression    (MLP on scikit-learn's diabetes data, mean squared error, metric NEG_MAE): val MAE 0.60 of the
                 target's standard deviation (a constant predictor: 0.84)
+- twohead       (the ResNet body with two heads, digit and parity, a tuple out; metric: both right):     98.1%
 """
 
 from __future__ import annotations
@@ -102,6 +103,29 @@ class ResNet(nn.Module):
 
 def resnet() -> nn.Module:
     return Wrapped(pre=Normalize(MEAN, STD), net=ResNet())
+
+
+class TwoHeads(nn.Module):
+    """A multi-task model: the ResNet body with two heads, the digit's class (10 logits) and its parity (2 logits),
+    returned as a tuple; judged by `BOTH_RIGHT`, which needs both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = Normalize(MEAN, STD)
+        self.body = ResNet()
+        self.body.fc = nn.Identity()
+        self.digit = nn.Linear(32, NUM_CLASSES)
+        self.parity = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(self.pre(x))
+        return self.digit(features), self.parity(features)
+
+
+def both_right(outputs: tuple[np.ndarray, np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """1 where the class head's arg-max is the digit and the parity head's is its parity, else 0."""
+    digits, parity = outputs
+    return ((digits.argmax(1) == targets) & (parity.argmax(1) == targets % 2)).astype(np.int8)
 
 
 # ------------------------------------------------------------------------------------------------ 2. MobileNetV3
@@ -391,6 +415,7 @@ RECIPES = {  # arch -> (builder, epochs, lr, batch size)
     "bert2": (TwoInputBert, 8, 3e-3, 64),
     "regression": (RegressionMLP, 20, 3e-3, 32),
     "lm": (TinyLM, 10, 3e-3, 64),
+    "twohead": (TwoHeads, 12, 3e-3, 64),
 }
 REGRESSION = {"regression"}  # trained and distilled by mean squared error, judged by the negated MAE
 
@@ -402,9 +427,10 @@ def _file_key() -> str:
 @torch.no_grad()
 def accuracy(model: nn.Module, x, y: torch.Tensor) -> float:
     from search.tasks.inputs import call
+    from search.tasks.outputs import primary
 
     model.eval()
-    return float((call(model, x).argmax(1) == y).float().mean())
+    return float((primary(call(model, x)).argmax(1) == y).float().mean())
 
 
 def _train(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
@@ -429,6 +455,8 @@ def _train(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
                 out = call(model, rows(x, idx))
                 if arch in REGRESSION:
                     loss = F.mse_loss(out, y[idx])
+                elif isinstance(out, tuple):  # the two heads: the digit and its parity
+                    loss = F.cross_entropy(out[0], y[idx]) + F.cross_entropy(out[1], y[idx] % 2)
                 elif out.dim() == 3:  # token logits: flattened, padding ignored (-100)
                     loss = F.cross_entropy(out.flatten(0, 1), y[idx].flatten(), ignore_index=-100)
                 else:
@@ -465,13 +493,13 @@ def teacher(arch: str, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ tasks
-def _image_task(arch: str) -> Task:
+def _image_task(arch: str, **fields) -> Task:
     from search.tasks.data import load_digits_split
 
     d = {k: torch.from_numpy(v) for k, v in load_digits_split().items()}
     model = teacher(arch, d["train_x"], d["train_y"])
     acc = accuracy(model, d["val_x"], d["val_y"])
-    return Task(
+    return Task(**fields,
         name=f"zoo-{arch}",
         teacher=model,
         train=TensorDataset(d["train_x"], d["train_y"]),
@@ -503,6 +531,14 @@ def make_shufflenet() -> Task:
 
 def make_vit() -> Task:
     return _image_task("vit")
+
+
+def make_twohead() -> Task:
+    """Two outputs, a metric that reads both (`Metric(..., every_output=True)`): the second head is distilled by
+    mean squared error to the teacher's and exported as `output_1`."""
+    from search.metrics import Metric
+
+    return _image_task("twohead", metric=Metric("digit and parity right", both_right, every_output=True))
 
 
 BERT_SPLITS = (("train", 2048, 1), ("val", 512, 2), ("test", 512, 3))  # (split, samples, seed)
@@ -632,4 +668,4 @@ def val_split(arch: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 MAKERS = {"resnet": make_resnet, "mobilenetv3": make_mobilenetv3, "efficientnet": make_efficientnet,
           "shufflenet": make_shufflenet, "vit": make_vit, "bert": make_bert,
-          "regression": make_regression, "lm": make_lm}
+          "regression": make_regression, "lm": make_lm, "twohead": make_twohead}

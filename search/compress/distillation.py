@@ -71,27 +71,47 @@ def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
 
 
 def task_loss(output_kind: str) -> Callable[..., torch.Tensor]:
-    """The distillation loss for a task's output kind, as (student, teacher, targets, temperature, alpha)."""
+    """The distillation loss for a task's output kind, as (student, teacher, targets, temperature, alpha). For a
+    model with several outputs, the kind's loss on the first plus the mean squared error of every other output to
+    the teacher's (they have no targets of their own: the teacher is what they are trained towards)."""
+    from search.tasks.outputs import output_parts, primary
+
     if output_kind == "regression":
-        return lambda s, t, y, _temperature, alpha: regression_loss(s, t, y, alpha)
-    return token_kd_loss if output_kind == "tokens" else kd_loss
+        first = lambda s, t, y, _temperature, alpha: regression_loss(s, t, y, alpha)  # noqa: E731
+    else:
+        first = token_kd_loss if output_kind == "tokens" else kd_loss
+
+    def loss(student_out, teacher_out, targets, temperature, alpha):
+        value = first(primary(student_out), primary(teacher_out), targets, temperature, alpha)
+        for s, t in zip(output_parts(student_out)[1:], output_parts(teacher_out)[1:], strict=True):
+            value = value + F.mse_loss(s.float(), t.float())
+        return value
+
+    return loss
 
 
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 512,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """Logits of `teacher` for every sample of `dataset`, in index order (eval mode, no grad)."""
+                   device: str | torch.device = "cpu") -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Logits of `teacher` for every sample of `dataset`, in index order (eval mode, no grad); a tuple of one
+    such tensor per output for a teacher with several outputs."""
+    from search.tasks.inputs import call, map_inputs
+    from search.tasks.outputs import output_parts
+
     was_training = teacher.training
     teacher.eval().to(device)
-    out = []
-    from search.tasks.inputs import call, map_inputs
-
+    out, several = [], False
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            out.append(call(teacher, map_inputs(lambda t: t.to(device), batch[0])).float().cpu())
+            got = call(teacher, map_inputs(lambda t: t.to(device), batch[0]))
+            several = isinstance(got, (tuple, list))
+            out.append([o.float().cpu() for o in output_parts(got)])
     finally:
         teacher.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    if not out:
+        return torch.empty(0)
+    cat = tuple(torch.cat(column) for column in zip(*out, strict=True))
+    return cat if several else cat[0]
 
 
 class _Indexed(Dataset):
@@ -170,6 +190,7 @@ def distill(
     squared error (`regression_loss`) instead of `kd_loss`, "tokens" per token (`token_kd_loss`).
     """
     from search.tasks.inputs import call, map_inputs
+    from search.tasks.outputs import primary
 
     if teacher_logits is None and teacher is None:
         raise ValueError("distill needs teacher_logits or a teacher")
@@ -180,8 +201,8 @@ def distill(
     live = teacher_logits is None or augment is not None  # run the teacher on each (transformed) batch
     loss_fn = task_loss(output_kind)
     n_total = len(train_dataset)
-    if teacher_logits is not None and len(teacher_logits) != n_total:
-        raise ValueError(f"teacher_logits has {len(teacher_logits)} rows for {n_total} samples")
+    if teacher_logits is not None and len(primary(teacher_logits)) != n_total:
+        raise ValueError(f"teacher_logits has {len(primary(teacher_logits))} rows for {n_total} samples")
     gen = torch.Generator().manual_seed(seed)
     indices = torch.arange(n_total)
     if max_samples is not None and max_samples < n_total:
@@ -216,7 +237,7 @@ def distill(
                     with torch.no_grad():
                         t_logits = call(teacher, x)
                 else:
-                    t_logits = teacher_logits[idx].to(device)
+                    t_logits = map_inputs(lambda t, i=idx: t[i].to(device), teacher_logits)
                 with step_guard() if step_guard else nullcontext():
                     loss = loss_fn(call(student, x), t_logits, y, temperature, alpha)
                     value = float(loss.detach())
@@ -280,14 +301,16 @@ def _progress_bar(progress: bool | ProgressFn, total: int) -> ProgressFn | None:
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512,
              device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy of a PyTorch model (for tests and sanity checks; trials score the ONNX file)."""
+    """Top-1 accuracy of a PyTorch model's first output (for tests and sanity checks; trials score the ONNX
+    file)."""
     from search.tasks.inputs import call, map_inputs
+    from search.tasks.outputs import primary
 
     model.eval().to(device)
     correct = total = 0
     with torch.no_grad():
         for batch in DataLoader(dataset, batch_size=batch_size):
-            pred = call(model, map_inputs(lambda t: t.to(device), batch[0])).argmax(-1).cpu()
+            pred = primary(call(model, map_inputs(lambda t: t.to(device), batch[0]))).argmax(-1).cpu()
             correct += int((pred == batch[1]).sum())
             total += len(batch[1])
     return correct / max(total, 1)

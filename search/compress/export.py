@@ -30,9 +30,9 @@ from torch import nn
 
 from search.errors import TrialFailure
 from search.tasks.inputs import call, feed, parts, to_numpy
+from search.tasks.outputs import OUTPUT_NAME, output_names, output_parts  # noqa: F401 - OUTPUT_NAME re-exported
 
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # Node metadata worth keeping: module scopes (layer mapping) and class names (debugging).
 KEEP_METADATA = ("pkg.torch.onnx.name_scopes", "pkg.torch.onnx.class_hierarchy")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -52,6 +52,25 @@ def _quiet():
             yield
     finally:
         logging.disable(previous)
+
+
+@contextlib.contextmanager
+def _no_onnx_log():
+    """The TorchScript exporter turns torch's C++ ONNX log on whatever `verbose` says (torch 2.13 tests a function
+    for truth in `setup_onnx_logging`), and that log prints the whole graph to the process's stderr when a trace
+    fails, past any Python redirect. Keep it off while we export."""
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils
+    except ImportError:  # another torch layout: nothing to fix
+        yield
+        return
+    original = utils.setup_onnx_logging
+    utils.setup_onnx_logging = lambda verbose: contextlib.nullcontext()
+    torch._C._jit_set_onnx_log_enabled(False)
+    try:
+        yield
+    finally:
+        utils.setup_onnx_logging = original
 
 
 def _strip_metadata(model: onnx.ModelProto) -> None:
@@ -125,20 +144,22 @@ def _save(proto: onnx.ModelProto, path: Path) -> None:
 def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: str | os.PathLike,
                 verify: bool = True, atol: float = 1e-4, fast: bool = True, reuse: Reexport | None = None) -> Path:
     """Write `model` (eval mode) as ONNX to `path`: input "input" [batch, ...] in the example's dtype,
-    output "logits"; one self-contained file. `example` is a batch of the task's inputs (preferred: it
-    carries their dtype and valid values) or one sample's shape (float inputs). With `verify`, ONNX
-    Runtime must reproduce PyTorch's outputs on those inputs (within `atol` relative to the logits'
-    scale) or this raises. Any failure raises TrialFailure with a short reason. `fast`: see the module
-    docstring; a model the fast exporter cannot take goes the dynamo way. `reuse`: the export of this same
-    structure kept by an earlier call with it is given `model`'s weights (see `Reexport`); this call's export
-    is kept in it.
+    output "logits" (a model returning a tuple: "logits", "output_1", ...); one self-contained file. `example`
+    is a batch of the task's inputs (preferred: it carries their dtype and valid values) or one sample's shape
+    (float inputs). With `verify`, ONNX Runtime must reproduce PyTorch's outputs on those inputs (within `atol`
+    relative to each output's scale) or this raises. Any failure raises TrialFailure with a short reason.
+    `fast`: see the module docstring; a model the fast exporter cannot take goes the dynamo way. `reuse`: the
+    export of this same structure kept by an earlier call with it is given `model`'s weights (see `Reexport`);
+    this call's export is kept in it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _for_export(model.eval())
     # Batch 2: torch.export specialises a dimension whose example size is 1.
     traced = _examples(example, 2)
-    if fast and _export_fast(model, traced, path):
+    with torch.no_grad():
+        outputs = output_names(len(output_parts(call(model, traced))))
+    if fast and _export_fast(model, traced, path, outputs):
         try:
             if verify:
                 check_export(model, path, example, atol=atol)
@@ -158,7 +179,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: s
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                model, inputs, dynamo=True, input_names=input_names(traced), output_names=[OUTPUT_NAME],
+                model, inputs, dynamo=True, input_names=input_names(traced), output_names=outputs,
                 dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False, report=False,
                 optimize=reuse is None,
             )
@@ -172,7 +193,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor | Sequence[int], path: s
     return path
 
 
-def _export_fast(model: nn.Module, traced, path: Path) -> bool:
+def _export_fast(model: nn.Module, traced, path: Path, outputs: list[str]) -> bool:
     """The TorchScript exporter (deprecated, still shipped): True when it wrote `path`, the tracer did not warn
     that the trace may not generalise (Python control flow on data, a size turned into a constant), and every
     weighted node maps to a module of `model` (per-layer bits and `runs_as` need that)."""
@@ -180,11 +201,11 @@ def _export_fast(model: nn.Module, traced, path: Path) -> bool:
 
     names = input_names(traced)
     try:
-        with _quiet(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        with _quiet(), _no_onnx_log(), torch.no_grad(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.onnx.export(model, parts(traced), str(path), dynamo=False, opset_version=17,
-                              input_names=names, output_names=[OUTPUT_NAME],
-                              dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
+                              input_names=names, output_names=outputs,
+                              dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]})
         proto = onnx.load(str(path))
     except Exception:  # noqa: BLE001 - any failure: the dynamo exporter decides (and reports) instead
         return False
@@ -213,20 +234,25 @@ def _for_export(model: nn.Module) -> nn.Module:
 
 def check_export(model: nn.Module, path: str | os.PathLike, example: torch.Tensor | Sequence[int],
                  batch: int = 3, atol: float = 1e-4, seed: int = 0) -> float:
-    """Max |ORT - PyTorch| on `batch` inputs (see `export_onnx`), scaled by the logits' magnitude; raises
-    TrialFailure above `atol` (a graph that does not compute what the model computes must not be scored)."""
+    """Max |ORT - PyTorch| on `batch` inputs (see `export_onnx`), scaled by each output's magnitude, over every
+    output; raises TrialFailure above `atol` (a graph that does not compute what the model computes must not be
+    scored)."""
     from search.utils.ort import cpu_session
 
     x = _examples(example, batch, seed)
     with torch.no_grad():
-        ref = call(model.eval(), x).float().numpy()
+        refs = [r.float().numpy() for r in output_parts(call(model.eval(), x))]
     try:
         sess = cpu_session(path)
-        got = sess.run(None, feed(sess, to_numpy(x)))[0]
+        got = sess.run(None, feed(sess, to_numpy(x)))
     except Exception as exc:
         raise TrialFailure(f"exported ONNX does not run in ONNX Runtime: {short_reason(exc)}") from exc
-    err = float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-    if got.shape != ref.shape or not err <= atol:
+    if len(got) != len(refs) or any(g.shape != r.shape for g, r in zip(got, refs, strict=False)):
+        raise TrialFailure(f"exported ONNX gives outputs of shapes {[g.shape for g in got]}, PyTorch "
+                           f"{[r.shape for r in refs]}")
+    err = max(float(np.max(np.abs(g - r), initial=0.0)) / max(1.0, float(np.max(np.abs(r), initial=0.0)))
+              for g, r in zip(got, refs, strict=True))
+    if not err <= atol:
         raise TrialFailure(f"exported ONNX differs from PyTorch (relative error {err:.2e} > {atol:g})")
     return err
 

@@ -37,6 +37,7 @@ from torch import nn
 from search.compress.attention import SplitAttention, count_attention_ops, split_copy
 from search.compress.prune_graph import WEIGHT_TYPES, ChannelGraph, classify
 from search.tasks.inputs import call, traceable
+from search.tasks.outputs import primary
 
 Importance = Literal["l1", "l2", "taylor", "lamp"]
 
@@ -346,10 +347,10 @@ def _taylor_gradients(model: nn.Module, example_input: torch.Tensor,
     if calibration is None:
         x = example_input
         with torch.no_grad():
-            y = call(model, x).argmax(dim=-1)
+            y = primary(call(model, x)).argmax(dim=-1)
     else:
         x, y = calibration
-    out = call(model, x)
+    out = primary(call(model, x))  # a model with several outputs: its first, the one the targets belong to
     if y.is_floating_point():  # regression targets: the gradient of the task's own loss
         nn.functional.mse_loss(out.reshape(len(out), -1), y.to(out.dtype).reshape(len(out), -1)).backward()
     elif out.dim() == 3:  # (N, T, V) token logits against (N, T) targets

@@ -71,7 +71,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _io_spec(model_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _io_spec(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -82,7 +82,7 @@ def _io_spec(model_path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
         return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
 
-    return [spec(v) for v in model.graph.input if v.name not in inits], spec(model.graph.output[0])
+    return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
 
 
 def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
@@ -99,7 +99,8 @@ def _task_info(view: StudyData, task: Any | None) -> dict[str, Any]:
         return {"inputs": [described(s) for s in task.input_specs], "class_names": list(task.class_names) or None}
     if view.task_spec in BUILTIN_TASKS:
         b = BUILTIN_TASKS[view.task_spec]
-        return {"inputs": [described(b.input_spec)], "class_names": list(b.class_names) or None}
+        specs = b.input_spec if isinstance(b.input_spec, tuple) else (b.input_spec,)
+        return {"inputs": [described(s) for s in specs], "class_names": list(b.class_names) or None}
     if isinstance(recorded := view.attrs.get(S_INPUT), dict) and "value_range" in recorded:  # as the study saw it
         each = recorded.get("inputs") or [recorded]
         return {"inputs": [{"value_range": list(r["value_range"]) if r.get("value_range") else None,
@@ -115,7 +116,7 @@ def _output_meaning(view: StudyData) -> str:
 
 
 def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: Any | None = None) -> dict[str, Any]:
-    inputs, out = _io_spec(model_path)
+    inputs, outputs = _io_spec(model_path)
     info = _task_info(view, task)
     described = info["inputs"] + [{"value_range": None, "normalisation": None}] * (len(inputs) - len(info["inputs"]))
     inputs = [{**i, "batch_dim": 0, **d} for i, d in zip(inputs, described, strict=False)]
@@ -129,7 +130,11 @@ def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: An
         "model": {"file": MODEL_NAME, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size},
         "input": inputs[0],  # the first input (a model with one: the only one)
         "inputs": inputs,  # every input, in the order the model takes them
-        "output": {**out, "meaning": _output_meaning(view)},
+        "output": {**outputs[0], "meaning": _output_meaning(view)},  # the first (a model with one: the only one)
+        # every output, in the order the model returns them; the task's metric says how they are read together
+        "outputs": [{**outputs[0], "meaning": _output_meaning(view)}]
+        + [{**o, "meaning": f"the model's output {i} (item {i} of the tuple its forward returns)"}
+           for i, o in enumerate(outputs[1:], 1)],
         "class_names": info["class_names"],
         "plan": rec.plan,
         "objectives": dict(zip(OBJECTIVES, rec.values or (), strict=False)),

@@ -34,21 +34,28 @@ def eval_session(path: str | os.PathLike):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _batches(path: str | os.PathLike, x, batch: int):
-    """(start, first output) per batch of `x` (one input's array, or {name: array} for several), in order: a
-    language model's (N, T, V) outputs over a whole split would not fit in memory, so scoring consumes them
-    batch by batch."""
+def _batches(path: str | os.PathLike, x, batch: int, every: bool = False):
+    """(start, first output) per batch of `x` (one input's array, or {name: array} for several), in order; with
+    `every`, (start, tuple of every output) for a file with several. A language model's (N, T, V) outputs over a
+    whole split would not fit in memory, so scoring consumes them batch by batch."""
     from search.tasks.inputs import count, feed, rows
 
     sess = eval_session(path)
     for i in range(0, count(x), batch):
-        yield i, sess.run(None, feed(sess, rows(x, slice(i, i + batch))))[0]
+        outs = sess.run(None, feed(sess, rows(x, slice(i, i + batch))))
+        yield i, (tuple(outs) if every and len(outs) > 1 else outs[0])
 
 
-def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    """The first output of the ONNX file for every sample of `x`, in order."""
-    outs = [out for _, out in _batches(path, x, batch)]
-    return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH,
+                 every: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
+    """The first output of the ONNX file for every sample of `x`, in order (`every`: a tuple of every output
+    for a file with several)."""
+    outs = [out for _, out in _batches(path, x, batch, every)]
+    if not outs:
+        return np.zeros((0,), dtype=np.float32)
+    if isinstance(outs[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*outs, strict=True))
+    return np.concatenate(outs)
 
 
 def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
@@ -61,10 +68,13 @@ def onnx_correct(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: i
                  metric: Metric = TOP1) -> np.ndarray:
     """Per sample: the task's metric (top-1: 1 where the arg-max class equals the label, else 0); paired
     comparisons need the per-sample values."""
+    from search.tasks.inputs import count
+
     y = np.asarray(y)
     if len(y) == 0:
         raise ValueError("accuracy needs at least one sample")
-    return np.concatenate([metric(out, y[i : i + len(out)]) for i, out in _batches(path, x, batch)])
+    return np.concatenate([metric(out, y[i : i + count(out)])
+                           for i, out in _batches(path, x, batch, metric.every_output)])
 
 
 def onnx_accuracy(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,

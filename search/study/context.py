@@ -35,15 +35,17 @@ def teacher_fingerprint(teacher: torch.nn.Module, train) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> torch.Tensor:
-    """The teacher's logits on the training set, computed once per teacher and kept on disk."""
+def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> torch.Tensor | tuple:
+    """The teacher's logits on the training set (a tuple, one per output, for several outputs), computed once per
+    teacher and kept on disk."""
     from search.compress import teacher_logits
 
     path = cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, task.train)}.pt"
     if path.is_file():
         try:
             logits = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(logits, torch.Tensor) and logits.shape == (len(task.train), task.num_classes):
+            first = logits[0] if isinstance(logits, tuple) and logits else logits
+            if isinstance(first, torch.Tensor) and first.shape == (len(task.train), task.num_classes):
                 return logits
         except Exception as e:  # a torn or foreign file: recompute, never trust it
             print(f"warning: ignoring unreadable logits cache {path} ({type(e).__name__})", file=sys.stderr)

@@ -14,7 +14,7 @@ from search.tasks.decoder import WORDNET_LM_SPEC
 from search.tasks.encoder import WORDNET_SPEC
 from search.tasks.models import DIGITS_SPEC, FASHION_RESNET_SPEC, FASHION_SPEC
 from search.tasks.teacher import TeacherSpec, TrainRecipe, output_kind
-from search.tasks.wordnet import SUPERSENSES, load_wordnet_lm, load_wordnet_supersense
+from search.tasks.wordnet import SUPERSENSES, ids_and_mask, load_wordnet_lm, load_wordnet_supersense
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,13 @@ class BuiltinTask:
     description: str
     spec: TeacherSpec
     recipe: TrainRecipe
-    input_shape: tuple[int, ...]
+    input_shape: tuple  # one sample's shape; several inputs: one tuple per input
     class_names: tuple[str, ...]
     load_data: Callable[[str | Path | None], dict[str, np.ndarray]]
-    input_spec: InputSpec = IMAGE_INPUT
+    input_spec: InputSpec | tuple[InputSpec, ...] = IMAGE_INPUT
+    # A split's x array -> the model's inputs {name: array}, for a model with several (None: x is the input).
+    # The teacher trains on x alone: a model whose extra inputs are computed from x (a padding mask) has none.
+    to_inputs: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
 
 
 def _digits(_data_dir: str | Path | None) -> dict[str, np.ndarray]:
@@ -41,8 +44,12 @@ def _fashion(data_dir: str | Path | None) -> dict[str, np.ndarray]:
     return load_fashion_mnist(data_dir)
 
 
-_WORDNET_INPUT = InputSpec(dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
-                           normalisation="token ids of search.tasks.wordnet.encode (0 = padding, 1 = unknown)")
+# The encoder takes the ids and their attention mask, as BERT-style models ship. It is trained on the ids alone, with
+# padding read from them (id 0); the mask, 1 where the id is not 0, tells it the same, so it computes the same.
+_WORDNET_INPUT = (InputSpec(name="input_ids", dtype="int64", value_range=(0.0, WORDNET_SPEC.vocab - 1.0),
+                            normalisation="token ids of search.tasks.wordnet.encode (0 = padding, 1 = unknown)"),
+                  InputSpec(name="attention_mask", dtype="int64", value_range=(0.0, 1.0),
+                            normalisation="1 = a token of the text, 0 = padding (where input_ids is 0)"))
 _WORDNET_LM_INPUT = InputSpec(dtype="int64", value_range=(0.0, WORDNET_LM_SPEC.vocab - 1.0),
                               normalisation="token ids of search.tasks.wordnet.encode with its LM_VOCAB words "
                                             "(0 = padding after the text, 1 = unknown)")
@@ -70,10 +77,12 @@ BUILTIN_TASKS: dict[str, BuiltinTask] = {
         ),
         BuiltinTask(
             "wordnet-supersense", "real English text: WordNet 3.0 noun glosses (50,597 train / 6,324 val / "
-            "6,324 test) labelled by their ten largest supersenses, 32 token ids each; a 4-layer BERT-style teacher",
+            "6,324 test) labelled by their ten largest supersenses, 32 token ids each; a 4-layer BERT-style teacher "
+            "that takes the ids and their attention mask",
             WORDNET_SPEC, TrainRecipe(epochs=8, lr=0.001, batch_size=128),
-            (WORDNET_SPEC.max_len,), tuple(n.removeprefix("noun.") for n in SUPERSENSES.values()),
-            load_wordnet_supersense, _WORDNET_INPUT,
+            ((WORDNET_SPEC.max_len,), (WORDNET_SPEC.max_len,)),
+            tuple(n.removeprefix("noun.") for n in SUPERSENSES.values()),
+            load_wordnet_supersense, _WORDNET_INPUT, ids_and_mask,
         ),
         BuiltinTask(
             "wordnet-lm", "a causal language model on real text: next-word prediction over the same WordNet "
@@ -92,6 +101,7 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
     from torch.utils.data import TensorDataset
 
     from search.tasks.data import fingerprint
+    from search.tasks.inputs import InputsDataset
     from search.tasks.teacher import augment_batch, get_teacher
 
     b = BUILTIN_TASKS[name]
@@ -100,12 +110,17 @@ def load_builtin(name: str, *, data_dir: str | Path | None = None, results_dir: 
                                 train_on=train_on, progress=progress, retrain=retrain)
     for p in teacher.parameters():
         p.requires_grad_(False)
+
+    def split(part: str):
+        x, y = data[f"{part}_x"], torch.from_numpy(data[f"{part}_y"])
+        return TensorDataset(torch.from_numpy(x), y) if b.to_inputs is None else InputsDataset(b.to_inputs(x), y)
+
     return Task(
         name=name,
         teacher=teacher.eval(),
-        train=TensorDataset(torch.from_numpy(data["train_x"]), torch.from_numpy(data["train_y"])),
-        val=TensorDataset(torch.from_numpy(data["val_x"]), torch.from_numpy(data["val_y"])),
-        test=TensorDataset(torch.from_numpy(data["test_x"]), torch.from_numpy(data["test_y"])),
+        train=split("train"),
+        val=split("val"),
+        test=split("test"),
         input_shape=b.input_shape,
         num_classes=b.spec.num_classes,
         class_names=b.class_names,

@@ -88,8 +88,8 @@ def _unwrap_outputs(spec: str, task: Task) -> None:
     except Exception as e:
         raise UserError(f"--task {spec!r}: the teacher fails on train[0]'s input: {type(e).__name__}: {e}") from None
     if other is not None:
-        raise UserError(f"--task {spec!r}: the teacher returns {other}; expected a logits tensor, or a dict or "
-                        "dataclass holding one under 'logits'")
+        raise UserError(f"--task {spec!r}: the teacher returns {other}; expected a logits tensor, a tuple of "
+                        "tensors (the first is the logits), or a dict or dataclass holding one under 'logits'")
 
 
 def _check_task(spec: str, task: Task) -> None:

@@ -1,6 +1,14 @@
-"""Models that return a dict or a dataclass holding `logits` (as popular model libraries do) are searched as
+"""A model's outputs, one or several, as every stage takes them.
+
+Models that return a dict or a dataclass holding `logits` (as popular model libraries do) are searched as
 they are: a forward hook on the teacher hands every consumer (distillation, pruning's trace, export, scoring)
-the logits tensor. Pruned copies of the teacher are deep copies, so they carry the hook too."""
+the logits tensor. Pruned copies of the teacher are deep copies, so they carry the hook too.
+
+A model may also return a tuple of tensors (a multi-task model: class logits and a regression head, say). The
+first is the primary output: the task's `output_kind` describes it, its loss trains on the targets. The others are
+distilled by mean squared error to the teacher's, exported under names of their own (`output_names`), and scored
+only by a metric that asks for every output (`Metric(..., every_output=True)`).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +34,24 @@ def logits_of(output):
     return value if isinstance(value, torch.Tensor) else None
 
 
+OUTPUT_NAME = "logits"  # the exported file's first output; the others are output_1, output_2, ...
+
+
+def output_names(k: int) -> list[str]:
+    """The ONNX output names of a model with `k` outputs."""
+    return [OUTPUT_NAME] + [f"output_{i}" for i in range(1, k)]
+
+
+def output_parts(out) -> tuple:
+    """Every output, in order: a tuple/list's items, else the one output."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def primary(out):
+    """The first output (the one `output_kind` describes and the default metric scores)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _logits_hook(module: nn.Module, args, output):
     return logits_of(output)
 
@@ -42,7 +68,8 @@ def unwrap_logits(teacher: nn.Module, sample) -> str | None:
             out = call(teacher, sample)
     finally:
         teacher.train(was_training)
-    if isinstance(out, torch.Tensor):
+    if isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and out
+                                         and all(isinstance(o, torch.Tensor) for o in out)):
         return None
     if logits_of(out) is None:
         keys = list(out) if isinstance(out, Mapping) else [f.name for f in dataclasses.fields(out)] \

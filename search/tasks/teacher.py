@@ -80,14 +80,17 @@ def _loss(out: torch.Tensor, y: torch.Tensor, recipe: TrainRecipe, kind: str) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, batch: int = 1000,
              kind: str = "classes") -> float:
-    """The task's default metric (top-1, or next-token top-1 per sequence) averaged over the samples."""
+    """The task's default metric (top-1, or next-token top-1 per sequence) averaged over the samples; `x` may hold
+    several inputs ({name: array})."""
     from search.metrics import DEFAULT_METRIC
+    from search.tasks.inputs import call, count, map_inputs, rows
 
     model.eval()
-    x, y = torch.as_tensor(x), np.asarray(y)
+    x, y = map_inputs(torch.as_tensor, x), np.asarray(y)
     dev = next(model.parameters()).device
     metric = DEFAULT_METRIC[kind]
-    scores = [metric(model(x[i : i + batch].to(dev)).cpu().numpy(), y[i : i + batch]) for i in range(0, len(x), batch)]
+    scores = [metric(call(model, map_inputs(lambda t: t.to(dev), rows(x, slice(i, i + batch)))).cpu().numpy(),
+                     y[i : i + batch]) for i in range(0, count(x), batch)]
     return float(np.concatenate(scores).mean())
 
 

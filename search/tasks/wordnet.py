@@ -102,6 +102,11 @@ def load_wordnet_supersense(data_dir: str | Path | None = None) -> dict[str, np.
     return out
 
 
+def ids_and_mask(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """The supersense encoder's two inputs: the ids and their attention mask (1 = a token, 0 = padding)."""
+    return {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64)}
+
+
 def next_token_targets(ids: np.ndarray) -> np.ndarray:
     """Position t's target is token t + 1; IGNORE_INDEX where that is padding, an unknown word (17% of the
     words with LM_VOCAB: predicting "some rare word" is no skill to score) or past the sequence's end."""
