@@ -45,7 +45,6 @@ import signal
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -190,7 +189,7 @@ class AgentServer(ThreadingHTTPServer):
         self.in_headers: dict[_Reader, float] = {}  # connections still reading their headers -> since when
         self.quick_close: set[socket.socket] = set()  # cut connections: closed without lingering
         self.stopping = threading.Event()
-        self.workdir = Path(tempfile.mkdtemp(prefix="hwsearch-agent-"))
+        self.workdir = agent_jobs.make_workdir()
         self.references: OrderedDict[str, Path] = OrderedDict()
 
     def info(self) -> dict:

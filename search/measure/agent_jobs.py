@@ -8,7 +8,9 @@ Standard library only, plus runner.py; deployed beside agent.py (docs/agent.md).
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,34 @@ else:  # standalone on the device
     import runner  # type: ignore[no-redef]
 
 Answer = tuple[int, dict]  # (HTTP status, JSON payload)
+WORKDIR_PREFIX = "hwsearch-agent-"
+OWNER = "agent.pid"  # in each agent's work folder: the pid of the agent that made it
+
+
+def make_workdir() -> Path:
+    """This agent's work folder, marked with its pid; the folders of agents that died without a clean stop (killed,
+    crashed: only a clean stop removes its own) are removed first, so a board does not fill up with them."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            pid = int((old / OWNER).read_text())
+        except (OSError, ValueError):  # no mark (another user's folder, or one being made): not ours to judge
+            continue
+        if not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    (workdir / OWNER).write_text(str(os.getpid()))
+    return workdir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def measure(server, data: memoryview, params: dict, request_id: str) -> Answer:  # noqa: ANN001 - AgentServer
