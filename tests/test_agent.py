@@ -263,22 +263,23 @@ def test_standalone_agent_runs_without_the_package(tmp_path):
 
 def test_an_agent_removes_the_work_folders_of_agents_that_died(tmp_path, monkeypatch):
     """Killed agents leave their work folder (only a clean stop removes it); the next agent on the board removes
-    those whose agent is gone, and leaves a live agent's and any folder it cannot attribute."""
+    those whose agent (the pid in the folder's name) is gone, and leaves a live agent's and any folder whose name
+    holds no pid."""
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    folders = {"dead": done.stdout.strip(), "live": str(os.getpid()), "unmarked": None}
-    for name, pid in folders.items():
-        (tmp_path / f"hwsearch-agent-{name}").mkdir()
-        (tmp_path / f"hwsearch-agent-{name}" / "reference-x.onnx").write_bytes(b"x" * 100)
-        if pid is not None:
-            (tmp_path / f"hwsearch-agent-{name}" / "agent.pid").write_text(pid)
+    names = [f"hwsearch-agent-{done.stdout.strip()}-dead", f"hwsearch-agent-{os.getpid()}-live",
+             "hwsearch-agent-0qx0q7s3", "hwsearch-agent-123"]  # the last two: older agents' names, no pid
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "reference-x.onnx").write_bytes(b"x" * 100)
     srv = agent.make_server("127.0.0.1", 0, TOKEN)
     try:
         left = sorted(p.name for p in tmp_path.glob("hwsearch-agent-*"))
-        assert left == sorted(["hwsearch-agent-live", "hwsearch-agent-unmarked", srv.workdir.name]), left
-        assert (srv.workdir / "agent.pid").read_text() == str(os.getpid())
+        assert left == sorted([*names[1:], srv.workdir.name]), left
+        assert srv.workdir.name.startswith(f"hwsearch-agent-{os.getpid()}-")
+        assert not any(srv.workdir.iterdir())  # nothing but what the jobs write
     finally:
         srv.server_close()
     assert not srv.workdir.exists()  # a clean stop removes its own

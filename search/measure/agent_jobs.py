@@ -20,24 +20,19 @@ else:  # standalone on the device
     import runner  # type: ignore[no-redef]
 
 Answer = tuple[int, dict]  # (HTTP status, JSON payload)
-WORKDIR_PREFIX = "hwsearch-agent-"
-OWNER = "agent.pid"  # in each agent's work folder: the pid of the agent that made it
+WORKDIR_PREFIX = "hwsearch-agent-"  # + "<pid>-<random>": the agent that made it, so that another can tell it died
 
 
 def make_workdir() -> Path:
-    """This agent's work folder, marked with its pid; the folders of agents that died without a clean stop (killed,
-    crashed: only a clean stop removes its own) are removed first, so a board does not fill up with them."""
+    """This agent's work folder, named with its pid; the folders of agents that died without a clean stop (killed,
+    crashed: only a clean stop removes its own) are removed first, so a board does not fill up with them. A folder
+    whose name holds no pid (made by an older agent, or not by an agent) is left alone."""
     root = Path(tempfile.gettempdir())
     for old in root.glob(f"{WORKDIR_PREFIX}*"):
-        try:
-            pid = int((old / OWNER).read_text())
-        except (OSError, ValueError):  # no mark (another user's folder, or one being made): not ours to judge
-            continue
-        if not _alive(pid):
+        pid, _, rest = old.name.removeprefix(WORKDIR_PREFIX).partition("-")
+        if rest and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
-    (workdir / OWNER).write_text(str(os.getpid()))
-    return workdir
+    return Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
 
 
 def _alive(pid: int) -> bool:
