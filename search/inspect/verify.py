@@ -102,6 +102,18 @@ def _test_rows(rec: TrialRecord, model: Path, task: Any) -> list[VerifyRow]:
     return [VerifyRow("test_accuracy", float(recorded), acc, "exactly equal", acc == float(recorded))]
 
 
+def _latency(m: Any, values: dict, rec: Any, recorded_m: Any, stat: str,
+             corrected: bool) -> tuple[float, float, str, float]:
+    """(recorded, new, how, allowed) latency of a fresh measurement `m` against the trial's record."""
+    if corrected:
+        rec_lat, new_lat, how = values["latency_ms"], m.objective(stat), f"{stat}, drift-corrected"
+    else:
+        raw = rec.metrics.get("latency_raw_ms")
+        rec_lat = float(raw) if raw is not None else values["latency_ms"]
+        new_lat, how = (m.latency.get(stat) if m.latency else math.inf), f"{stat}, raw"
+    return rec_lat, new_lat, how, latency_allowed(rec_lat, recorded_m.latency if recorded_m else None, m.latency)
+
+
 def latency_allowed(recorded: float, *stats: Any) -> float:
     """Allowed |new - recorded| latency (ms), given the LatencyStats of both measurements."""
     def rel_se(s: Any) -> float:
@@ -183,17 +195,20 @@ def verify_model(view: StudyData, rec: TrialRecord, model: Path, task: Any | Non
             val_x = dataset_arrays(task.val)[0]
             rows.append(device_outputs_row(backend, model, take(val_x, slice(DEVICE_SAMPLES))))
         m = backend.measure(model, reference if corrected else None)
+        rec_lat, new_lat, how, tol = _latency(m, values, rec, recorded_m, stat, corrected)
+        note = ""
+        if abs(new_lat - rec_lat) > tol:
+            # A burst of other work on a shared machine can slow every round of one measurement by 20% or more
+            # (seen beside a test worker's ONNX scoring): measured once more, it fails only if that one differs too.
+            first = new_lat
+            m = backend.measure(model, reference if corrected else None)
+            rec_lat, new_lat, how, tol = _latency(m, values, rec, recorded_m, stat, corrected)
+            note = f"measured twice: the first gave {first:.4g}"
     except TrialFailure as e:
         rows += [VerifyRow(k, values[k], None, "-", False, str(e)) for k in ("latency_ms", "memory_mb")]
         return VerifyReport(tuple(rows))
-    if corrected:
-        rec_lat, new_lat, how = values["latency_ms"], m.objective(stat), f"{stat}, drift-corrected"
-    else:
-        raw = rec.metrics.get("latency_raw_ms")
-        rec_lat = float(raw) if raw is not None else values["latency_ms"]
-        new_lat, how = (m.latency.get(stat) if m.latency else math.inf), f"{stat}, raw"
-    tol = latency_allowed(rec_lat, recorded_m.latency if recorded_m else None, m.latency)
-    rows.append(VerifyRow("latency_ms", rec_lat, new_lat, f"+-{tol:.4g} ({how})", abs(new_lat - rec_lat) <= tol))
+    rows.append(VerifyRow("latency_ms", rec_lat, new_lat, f"+-{tol:.4g} ({how})", abs(new_lat - rec_lat) <= tol,
+                          note))
     new_mem = m.memory_total_mb if m.memory_total_mb is not None else math.inf
     tol = memory_allowed(values["memory_mb"])
     rows.append(VerifyRow("memory_mb", values["memory_mb"], new_mem, f"+-{tol:.4g}",
