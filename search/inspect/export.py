@@ -117,6 +117,9 @@ def _output_meaning(view: StudyData) -> str:
 
 def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: Any | None = None) -> dict[str, Any]:
     inputs, outputs = _io_spec(model_path)
+    described_outputs = [{**outputs[0], "meaning": _output_meaning(view)}] + [
+        {**o, "meaning": f"the model's output {i} (item {i} of the tuple its forward returns)"}
+        for i, o in enumerate(outputs[1:], 1)]
     info = _task_info(view, task)
     described = info["inputs"] + [{"value_range": None, "normalisation": None}] * (len(inputs) - len(info["inputs"]))
     inputs = [{**i, "batch_dim": 0, **d} for i, d in zip(inputs, described, strict=False)]
@@ -130,11 +133,9 @@ def build_manifest(view: StudyData, rec: TrialRecord, model_path: Path, task: An
         "model": {"file": MODEL_NAME, "sha256": sha256_file(model_path), "bytes": model_path.stat().st_size},
         "input": inputs[0],  # the first input (a model with one: the only one)
         "inputs": inputs,  # every input, in the order the model takes them
-        "output": {**outputs[0], "meaning": _output_meaning(view)},  # the first (a model with one: the only one)
+        "output": described_outputs[0],  # the first (a model with one: the only one)
         # every output, in the order the model returns them; the task's metric says how they are read together
-        "outputs": [{**outputs[0], "meaning": _output_meaning(view)}]
-        + [{**o, "meaning": f"the model's output {i} (item {i} of the tuple its forward returns)"}
-           for i, o in enumerate(outputs[1:], 1)],
+        "outputs": described_outputs,
         "class_names": info["class_names"],
         "plan": rec.plan,
         "objectives": dict(zip(OBJECTIVES, rec.values or (), strict=False)),

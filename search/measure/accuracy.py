@@ -46,16 +46,10 @@ def _batches(path: str | os.PathLike, x, batch: int, every: bool = False):
         yield i, (tuple(outs) if every and len(outs) > 1 else outs[0])
 
 
-def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH,
-                 every: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
-    """The first output of the ONNX file for every sample of `x`, in order (`every`: a tuple of every output
-    for a file with several)."""
-    outs = [out for _, out in _batches(path, x, batch, every)]
-    if not outs:
-        return np.zeros((0,), dtype=np.float32)
-    if isinstance(outs[0], tuple):
-        return tuple(np.concatenate(column) for column in zip(*outs, strict=True))
-    return np.concatenate(outs)
+def onnx_outputs(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """The first output of the ONNX file for every sample of `x`, in order."""
+    outs = [out for _, out in _batches(path, x, batch)]
+    return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
 
 
 def onnx_predictions(path: str | os.PathLike, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
