@@ -120,6 +120,34 @@ def postgres(pg_server):
     return pg_server.url
 
 
+def pytest_configure(config):
+    _pin_xdist_worker()
+
+
+def _pin_xdist_worker() -> None:
+    """Under `pytest -n N`, worker i keeps its own share of the cores, with its own temporary folder (so the
+    host-wide measurement gate is per worker). Unpinned, every study a test starts sized its torch and ONNX
+    Runtime threads to all cores, so the two workers ran four spinning threads on two cores (the digits teacher
+    retrained in 63-86 s in the suite, 15 s alone), and one worker's measurement paused the other's training.
+    Each process a test starts inherits both. The timing tests run alone, unpinned."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return
+    mine = cores[int(worker[2:]) % count::count]
+    os.sched_setaffinity(0, mine)
+    tmp = Path(tempfile.gettempdir()) / f"hwsearch-tests-{worker}"
+    tmp.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = None  # recomputed from TMPDIR
+    import torch
+
+    torch.set_num_threads(len(mine))
+
+
 # CI must not pass with reliability rows unchecked: under HWSEARCH_CI (set by .ci/run) a skipped test fails the
 # run, unless HWSEARCH_ALLOW_SKIPS says a missing dependency is expected. `-ra` prints every skip's reason.
 _SKIPPED: list[str] = []

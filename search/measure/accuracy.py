@@ -31,6 +31,9 @@ def eval_session(path: str | os.PathLike):
     so.intra_op_num_threads = EVAL_THREADS
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < EVAL_THREADS:
+        # More threads than allowed cores take turns: a spinning thread would hold the core its peer waits for.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
