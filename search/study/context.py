@@ -49,7 +49,7 @@ def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> 
                 return logits
         except Exception as e:  # a torn or foreign file: recompute, never trust it
             print(f"warning: ignoring unreadable logits cache {path} ({type(e).__name__})", file=sys.stderr)
-    logits = teacher_logits(task.teacher, task.train, batch_size=1000, device=device)
+    logits = teacher_logits(task.teacher, task.train, batch_size=1000 if device.type == "cuda" else 64, device=device)
     buf = io.BytesIO()
     torch.save(logits, buf)
     atomic_write_bytes(path, buf.getvalue())
