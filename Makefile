@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_DIR := /usr/share/datasets/fashion-mnist
-TRIALS ?= 24
-REFINE ?= 3
+TRIALS ?= 20
+REFINE ?= 2
 
 .PHONY: setup data test-deps demo test test-fast bench lint clean teachers
 

@@ -36,9 +36,9 @@ class Preset:
 
 
 PRESETS = {
-    # the same command as `make demo` (Makefile: TRIALS 24, REFINE 3)
+    # the same command as `make demo` (Makefile: TRIALS 20, REFINE 2)
     "demo": Preset("demo", ("--task", "fashion-mnist", "--space", "spaces/default.yaml", "--device",
-                            "device_profiles/local-1core.yaml", "--trials", "24", "--refine", "3"), make="demo"),
+                            "device_profiles/local-1core.yaml", "--trials", "20", "--refine", "2"), make="demo"),
     "thorough": Preset("thorough", ("--task", "fashion-mnist", "--space", "spaces/thorough.yaml", "--device",
                                     "device_profiles/local-1core.yaml", "--trials", "24", "--refine", "4")),
     # the realistic-size teacher (ResNet-18 at half width, ~1.2 ms): README's headline
