@@ -51,8 +51,9 @@ demo: setup data
 
 # Tests that assert on measured speed run alone after the rest: a parallel worker's training on the other core
 # makes a same-round ratio swing by 20% or more (an int8 model measured 1.16x its fp32 parent beside it).
+# The 15 slowest tests print: where the 15-minute budget goes.
 test: setup data test-deps
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not timing"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not timing" --durations=15
 	$(BIN)/python -m pytest -q -m timing
 
 test-fast: setup
