@@ -104,11 +104,10 @@ def teacher_logits(teacher: nn.Module, dataset: Dataset, batch_size: int = 64,
     teacher.eval().to(device)
     out, several = [], False
     try:
-        with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-                got = call(teacher, map_inputs(lambda t: t.to(device), batch[0]))
-                several = isinstance(got, (tuple, list))
-                out.append([o.float().cpu() for o in output_parts(got)])
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            got = call(teacher, map_inputs(lambda t: t.to(device), batch[0]))
+            several = isinstance(got, (tuple, list))
+            out.append([o.float().cpu() for o in output_parts(got)])
     finally:
         teacher.train(was_training)
     if not out:
@@ -170,7 +169,7 @@ def distill(
     steps: int | None = None,
     max_samples: int | None = None,
     lr: float = 3e-3,
-    batch_size: int = 64,
+    batch_size: int = 128,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool | ProgressFn = False,
