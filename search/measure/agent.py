@@ -144,6 +144,10 @@ class FifoLock:
 
 class AgentServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's server_close() joins every connection thread, daemon ones too: a stop (SIGTERM) then waited
+    # for a client mid-header (up to --header-timeout-s) or a job in flight (once past a test's 20 s). A stopping
+    # agent answers nobody; its rounds end at their own deadline.
+    block_on_close = False
     allow_reuse_address = True
     # The listen backlog (socketserver's default is 5): a burst of clients beyond it overflowed the kernel's accept
     # queue and some got a connection reset instead of the agent's 503 (seen in 1 of ~15 floods of 13 clients).
