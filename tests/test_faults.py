@@ -238,10 +238,11 @@ def test_agent_that_disappears_mid_study(tmp_path, digits_task):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MB tmpfs (root only, as in CI)."""
+    """A 16 MB tmpfs (root only, as in CI): room for the study's first trials, which the filler then fills up
+    (at 3 MB the study had filled it by itself once, before the filler could open its file)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.decode().strip()[:100]}): needs root")
     yield mount
@@ -256,13 +257,13 @@ def test_full_results_disk_is_one_clear_line_and_loses_nothing(small_disk, digit
     watch = Watch(url, "full", proc)
     watch.until("two finished trials", lambda ts: sum(t.state == COMPLETE for t in ts) >= 2, poll=0.2)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # the disk fills up under the running study
-        try:
+    try:  # the disk fills up under the running study (full already if the study's own writes got there first)
+        with open(filler, "wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err
     line = _one_line(err)
@@ -270,7 +271,7 @@ def test_full_results_disk_is_one_clear_line_and_loses_nothing(small_disk, digit
     before = {t.number: t.values for t in optuna.load_study(study_name="full", storage=url).get_trials(
         states=(COMPLETE,))}
     assert len(before) >= 2
-    filler.unlink()
+    filler.unlink(missing_ok=True)
     r = subprocess.run(_cmd(folder, "full", 6), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     st = optuna.load_study(study_name="full", storage=url)
