@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from _study_fixtures import make_results, write_configs
+from _study_fixtures import make_results, space_text, write_configs
 
 import search
 from search.study.pareto import front_trials
@@ -115,6 +115,24 @@ def test_rerun_resumes_without_new_trials(study_run):
     again = search.run("digits", folder / "space.yaml", folder / "profile.yaml", trials=6, study="e2e",
                        results=folder, refine=1, seed=3, progress=False)
     assert len(_load(again).trials) == before
+
+
+def test_a_short_study_runs_the_teacher_live_instead_of_caching_its_logits(tmp_path, digits_task, study_run):
+    """Cached logits cost one teacher pass over the whole training set; a study whose distillations draw fewer
+    samples than that in all runs the teacher live and writes no logits file. The longer study above cached."""
+    from search.config import load_space
+    from search.study.runner import planned_draws
+
+    folder = make_results(tmp_path, digits_task)
+    space, profile = write_configs(folder, space_text(budget="{steps: 2}", refine="{steps: 2}"))
+    n = len(digits_task.train)
+    assert planned_draws(load_space(space), 3, 0, n) == 3 * 2 * 64 < n
+    r = search.run("digits", space, profile, trials=3, study="live", results=folder, seed=0, progress=False,
+                   seed_plans=False)
+    assert any(t.user_attrs.get(T_TRAINED) for t in _load(r).get_trials())
+    assert not list((folder / "teachers").glob("logits-*.pt"))
+    assert planned_draws(load_space(study_run[1] / "space.yaml"), 6, 1, n) > n
+    assert len(list((study_run[1] / "teachers").glob("logits-*.pt"))) == 1
 
 
 def test_hardware_first_skips_training_and_same_seed_same_plans(tmp_path, digits_task):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,13 @@ class TrainBudget(_Strict):
         if (self.epochs is None) == (self.steps is None):
             raise ValueError("give exactly one of epochs or steps")
         return self
+
+    def draws(self, n_train: int, batch_size: int) -> int:
+        """Training samples one distillation with this budget draws, repeats included (distill's arithmetic)."""
+        if self.steps is not None:
+            return self.steps * batch_size
+        pool = min(n_train, self.max_samples or n_train)
+        return max(1, math.ceil(self.epochs * pool / batch_size)) * batch_size if self.epochs else 0
 
 
 class Promote(_Strict):

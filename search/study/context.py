@@ -35,12 +35,17 @@ def teacher_fingerprint(teacher: torch.nn.Module, train) -> str:
     return h.hexdigest()[:16]
 
 
+def logits_path(task: Task, cache_dir: Path) -> Path:
+    """Where the teacher's cached training-set logits live (keyed by teacher weights and training inputs)."""
+    return cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, task.train)}.pt"
+
+
 def cached_teacher_logits(task: Task, cache_dir: Path, device: torch.device) -> torch.Tensor | tuple:
     """The teacher's logits on the training set (a tuple, one per output, for several outputs), computed once per
     teacher and kept on disk."""
     from search.compress import teacher_logits
 
-    path = cache_dir / f"logits-{task.name}-{teacher_fingerprint(task.teacher, task.train)}.pt"
+    path = logits_path(task, cache_dir)
     if path.is_file():
         try:
             logits = torch.load(path, map_location="cpu", weights_only=True)
@@ -75,7 +80,9 @@ class Context:
     seed: int
     logits_dir: Path
     threads: int | None = None  # torch threads for distillation (cores / workers: no oversubscription)
+    planned_draws: int | None = None  # training samples the study's trials draw in all (StudyRun sets it)
     _logits: torch.Tensor | None = field(default=None, repr=False)
+    _logits_on_disk: bool | None = field(default=None, repr=False)
 
     @property
     def example(self) -> torch.Tensor:
@@ -96,6 +103,17 @@ class Context:
     def examples(self) -> torch.Tensor:
         """Inputs that export and check a student (export_onnx's `example`)."""
         return example_input(self.task, 3)
+
+    def live_teacher_is_cheaper(self) -> bool:
+        """Cached logits cost one teacher pass over the whole training set (kept on disk for later studies); a live
+        teacher costs one forward per sample drawn. With none cached yet and fewer draws planned for the whole
+        study than training samples, run it live (the wordnet-supersense test study drew 5,120 of 50,597: its
+        logits took 37 s of a 100 s study)."""
+        if self._logits is not None or self.planned_draws is None or self.planned_draws >= len(self.task.train):
+            return False
+        if self._logits_on_disk is None:
+            self._logits_on_disk = logits_path(self.task, self.logits_dir).is_file()
+        return not self._logits_on_disk
 
     def teacher_logits(self) -> torch.Tensor:
         if self._logits is None:

@@ -226,7 +226,8 @@ class Objective:
         trained = False
         if all(v <= 0 for v in hw.values()) and pruned and (budget.epochs or budget.steps):
             augmented = budget.augment and ctx.task.augment is not None  # cached logits are of the plain inputs
-            live = augmented or ctx.task.output_kind == "tokens"  # a training set's N x T x V logits would not fit
+            # A training set's N x T x V logits would not fit; a short study is cheaper with the teacher live.
+            live = augmented or ctx.task.output_kind == "tokens" or ctx.live_teacher_is_cheaper()
             with timer("distill"):
                 distill(student, ctx.task.train, teacher_logits=None if live else ctx.teacher_logits(),
                         teacher=ctx.task.teacher if live else None, augment=ctx.task.augment if augmented else None,

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 
-from search.config import load_profile, load_space
+from search.config import SearchSpace, load_profile, load_space
 from search.errors import RunStopped, UserError, disk_full
 from search.study.record import (
     DIRECTIONS,
@@ -46,6 +46,15 @@ class StudyRun(NamedTuple):
 
 def _explore(t: optuna.trial.FrozenTrial) -> bool:
     return t.user_attrs.get(T_BUDGET) != "refine" and t.user_attrs.get(T_REFINED_FROM) is None
+
+
+def planned_draws(space: SearchSpace, trials: int, refine: int, n_train: int) -> int:
+    """Training samples the study's distillations draw in all: explore, promotion rungs and refinements."""
+    d = space.distillation
+    draws = trials * d.budget.draws(n_train, d.batch_size) + refine * d.refine.draws(n_train, d.batch_size)
+    if d.promote is not None:
+        draws += refine * d.promote.candidates * d.promote.budget.draws(n_train, d.batch_size)
+    return draws
 
 
 def counted_trials(study: optuna.Study) -> int:
@@ -152,6 +161,7 @@ class _Run:
         ctx = build_context(st, self.task, self.space, self.profile, s.study_dir, seed=s.seed, train_on=s.train_on,
                             threads=_threads_per_worker(s.workers), task_spec=s.task, space_file=str(s.space),
                             profile_file=str(s.device))
+        ctx.planned_draws = planned_draws(self.space, s.trials, s.refine, len(self.task.train))
         if s.worker_id == 0:
             if s.progress:  # with the progress lines (--no-progress: errors only)
                 print(ctx.layers.summary(self.space.pruning.granularity, self.space.quantization.granularity),
