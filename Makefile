@@ -33,7 +33,9 @@ data:
 	fi
 
 # Servers and browsers the tests start for real: PostgreSQL (multi-worker storage), Chromium (report and
-# dashboard checks), and the optional optuna-dashboard (pinned: the version its browser test was written for).
+# dashboard checks), and the optional optuna-dashboard (pinned: the version its browser test was written for);
+# as root, qemu-user and an arm64 root of Debian's Python with ONNX Runtime's aarch64 wheel (/var/tmp, built once)
+# for the agent-on-ARM test.
 test-deps: setup
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock optuna-dashboard==0.21.0 bottle==0.13.4
 	@need=""; \
@@ -44,6 +46,11 @@ test-deps: setup
 			apt-get install -y -q $$need >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$need >/dev/null; }; \
 		else echo "note:$$need missing (sudo apt-get install$$need); the tests that need them will skip"; fi; \
 	fi
+	@if [ "$$(id -u)" = 0 ]; then \
+		command -v qemu-aarch64 >/dev/null 2>&1 || apt-get install -y -q qemu-user >/dev/null || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q qemu-user >/dev/null; }; \
+		$(BIN)/python benchmarks/bench_arm_qemu.py --prepare-only; \
+	else echo "note: not root: the ARM agent test (qemu-user, an arm64 Python root) will skip"; fi
 
 demo: setup data
 	$(BIN)/hwsearch run --task fashion-mnist --space spaces/default.yaml \

@@ -102,29 +102,45 @@ def wheels(tree: Path, root: Path) -> None:
         so.chmod(0o755)
 
 
-def board(root: Path, tree: Path) -> tuple[Path, Path]:
-    """The wrapper that runs the arm64 interpreter under qemu (also what the agent's rounds start), the ARM
-    /proc/cpuinfo, and the five agent files (fresh from this checkout)."""
+DEFAULT_ROOT = Path("/var/tmp/hwsearch-arm64")
+
+
+def board(root: Path, tree: Path, agent_dir: Path) -> Path:
+    """The wrapper that runs the arm64 interpreter under qemu (also what the agent's rounds start) and the ARM
+    /proc/cpuinfo in `root`; the five agent files, fresh from this checkout, with a token in `agent_dir`."""
     qemu = shutil.which("qemu-aarch64")
     if qemu is None:
         run("apt-get", "install", "-y", "-q", "qemu-user")
         qemu = shutil.which("qemu-aarch64") or ""
     wrapper = tree / "usr" / "bin" / f"{PY}-qemu"  # beside the interpreter: Python finds its library from argv[0]
-    wrapper.write_text(f'#!/bin/sh\nexec {qemu} -cpu cortex-a72 -L {tree} -0 "$0" {tree}/usr/bin/{PY} "$@"\n')
-    wrapper.chmod(0o755)
-    (root / "cpuinfo").write_text(CPUINFO)
-    agent_dir = root / "agent"
+    text = f'#!/bin/sh\nexec {qemu} -cpu cortex-a72 -L {tree} -0 "$0" {tree}/usr/bin/{PY} "$@"\n'
+    if not wrapper.exists() or wrapper.read_text() != text:
+        wrapper.write_text(text)
+        wrapper.chmod(0o755)
+    if not (root / "cpuinfo").exists():
+        (root / "cpuinfo").write_text(CPUINFO)
     shutil.rmtree(agent_dir, ignore_errors=True)
-    agent_dir.mkdir()
+    agent_dir.mkdir(parents=True)
     for name in AGENT_FILES:
         shutil.copy2(REPO / "search" / "measure" / f"{name}.py", agent_dir)
     (agent_dir / "token").write_text(TOKEN + "\n")
-    return wrapper, agent_dir
+    return wrapper
+
+
+def prepare(root: Path) -> Path:
+    """The arm64 root (built once: packages and wheels fetched) and its qemu wrapper: the root's tree."""
+    root.mkdir(parents=True, exist_ok=True)
+    tree = sysroot(root)
+    wheels(tree, root)
+    board(root, tree, root / "agent")
+    return tree
 
 
 @contextlib.contextmanager
 def agent(root: Path, wrapper: Path, agent_dir: Path, port: int):
-    log = root / "agent.log"
+    """`agent.py` from `agent_dir` under qemu on 127.0.0.1:`port`, an ARM /proc/cpuinfo bound over the host's
+    in its own mount namespace; yields (process, its log)."""
+    log = agent_dir / "agent.log"
     script = (f"mount --bind {root / 'cpuinfo'} /proc/cpuinfo && exec {wrapper} agent.py --port {port} "
               "--token-file token --max-request-seconds 3600")
     with open(log, "w") as out:
@@ -172,20 +188,23 @@ def main() -> int:
     from search.study.setup import REFERENCE_NAME
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--root", type=Path, default=Path("/var/tmp/hwsearch-arm64"), help="where the arm64 root lives")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where the arm64 root lives")
+    p.add_argument("--prepare-only", action="store_true", help="build the root (once) and stop (make test-deps)")
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--results", default="results", help="where the cached digits teacher is")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "arm-qemu.json")
     args = p.parse_args()
     if os.geteuid() != 0:
         raise BenchError("needs root (apt-get for the arm64 packages, a mount namespace for /proc/cpuinfo)")
-    args.root.mkdir(parents=True, exist_ok=True)
-    result = {**header("bench_arm_qemu.py", None), "trials": args.trials}
     t0 = time.monotonic()
-    tree = sysroot(args.root)
-    wheels(tree, args.root)
-    wrapper, agent_dir = board(args.root, tree)
-    result["prepare_s"] = round(time.monotonic() - t0, 1)
+    tree = prepare(args.root)
+    if args.prepare_only:
+        print(f"arm64 root ready: {tree} (qemu-aarch64, python3.11, onnxruntime {version('onnxruntime')})")
+        return 0
+    result = {**header("bench_arm_qemu.py", None), "trials": args.trials,
+              "prepare_s": round(time.monotonic() - t0, 1)}
+    agent_dir = args.root / "agent"
+    wrapper = board(args.root, tree, agent_dir)
     port = _free_port()
     os.environ["HWSEARCH_ARM_TOKEN"] = TOKEN  # the study's processes and this one's own board client read it
     env = dict(os.environ)
