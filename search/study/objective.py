@@ -213,10 +213,8 @@ class Objective:
 
         # Hardware first: latency and memory do not depend on trained weights.
         candidate = export_and_quantize("structure")
-        misses = ctx.cache.misses
         with timer("measure"):
             m = ctx.measure(candidate, kernels=kernels["structure"])
-        measured_now = ctx.cache.misses > misses  # by the agreement rule, seconds ago: not a record to re-check
         if m.stopped:  # a measured verdict, not a failure: far over the memory budget
             return self._stopped(trial, m, candidate, timer, skipped, macs, params)
         latency = m.objective(ctx.profile.measure.statistic)
@@ -239,11 +237,8 @@ class Objective:
             student.cpu()
             trained = True
             candidate = export_and_quantize("final")
-            # Same structure and kernels: a cache hit, unless calibration changed them. A hit recorded before this
-            # trial is re-checked by one round (it may hold one slow mode); this trial's own measurement is not.
-            fresh = measured_now and kernels["final"] == kernels["structure"]
-            with timer("measure"):
-                m = ctx.measure(candidate, recheck=not fresh, kernels=kernels["final"])
+            with timer("measure"):  # same structure and kernels: a cache hit, unless calibration changed them
+                m = ctx.measure(candidate, recheck=True, kernels=kernels["final"])
             latency = m.objective(ctx.profile.measure.statistic)
             memory = float(m.memory_total_mb)
             model_mb = candidate.stat().st_size / MB
