@@ -35,7 +35,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from _boards import _free_port, _wait_listening
-from _common import REPO, BenchError, cli, header, table, write_json
+from _common import REPO, BenchError, cli, header, share_teachers, table, write_json
 
 AGENT_FILES = ("agent", "agent_checks", "agent_jobs", "agent_tls", "runner")
 PY = "python3.11"  # Debian 12's, the ABI of the wheels below (cp311)
@@ -105,9 +105,12 @@ def wheels(tree: Path, root: Path) -> None:
 DEFAULT_ROOT = Path("/var/tmp/hwsearch-arm64")
 
 
-def board(root: Path, tree: Path, agent_dir: Path) -> Path:
-    """The wrapper that runs the arm64 interpreter under qemu (also what the agent's rounds start) and the ARM
-    /proc/cpuinfo in `root`; the five agent files, fresh from this checkout, with a token in `agent_dir`."""
+def prepare(root: Path) -> Path:
+    """The arm64 root (built once: packages and wheels fetched), the wrapper that runs its interpreter under qemu
+    (also what the agent's rounds start) and an ARM /proc/cpuinfo: the wrapper."""
+    root.mkdir(parents=True, exist_ok=True)
+    tree = sysroot(root)
+    wheels(tree, root)
     qemu = shutil.which("qemu-aarch64")
     if qemu is None:
         run("apt-get", "install", "-y", "-q", "qemu-user")
@@ -119,21 +122,17 @@ def board(root: Path, tree: Path, agent_dir: Path) -> Path:
         wrapper.chmod(0o755)
     if not (root / "cpuinfo").exists():
         (root / "cpuinfo").write_text(CPUINFO)
+    return wrapper
+
+
+def agent_files(agent_dir: Path) -> Path:
+    """The five agent files, fresh from this checkout, with a token, in `agent_dir` (made anew)."""
     shutil.rmtree(agent_dir, ignore_errors=True)
     agent_dir.mkdir(parents=True)
     for name in AGENT_FILES:
         shutil.copy2(REPO / "search" / "measure" / f"{name}.py", agent_dir)
     (agent_dir / "token").write_text(TOKEN + "\n")
-    return wrapper
-
-
-def prepare(root: Path) -> Path:
-    """The arm64 root (built once: packages and wheels fetched) and its qemu wrapper: the root's tree."""
-    root.mkdir(parents=True, exist_ok=True)
-    tree = sysroot(root)
-    wheels(tree, root)
-    board(root, tree, root / "agent")
-    return tree
+    return agent_dir
 
 
 @contextlib.contextmanager
@@ -197,22 +196,20 @@ def main() -> int:
     if os.geteuid() != 0:
         raise BenchError("needs root (apt-get for the arm64 packages, a mount namespace for /proc/cpuinfo)")
     t0 = time.monotonic()
-    tree = prepare(args.root)
+    wrapper = prepare(args.root)
     if args.prepare_only:
-        print(f"arm64 root ready: {tree} (qemu-aarch64, python3.11, onnxruntime {version('onnxruntime')})")
+        print(f"arm64 root ready: {wrapper} (qemu-aarch64, python3.11, onnxruntime {version('onnxruntime')})")
         return 0
     result = {**header("bench_arm_qemu.py", None), "trials": args.trials,
               "prepare_s": round(time.monotonic() - t0, 1)}
-    agent_dir = args.root / "agent"
-    wrapper = board(args.root, tree, agent_dir)
+    agent_dir = agent_files(args.root / "agent")
     port = _free_port()
     os.environ["HWSEARCH_ARM_TOKEN"] = TOKEN  # the study's processes and this one's own board client read it
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="hwsearch-arm-") as tmp, agent(args.root, wrapper, agent_dir, port) as (
             _, log):
         scratch = Path(tmp)
-        (scratch / "teachers").symlink_to((Path(args.results) / "teachers").resolve(), target_is_directory=True)
-        (Path(args.results) / "teachers").mkdir(parents=True, exist_ok=True)
+        share_teachers(scratch, Path(args.results))
         profile = scratch / "profile.yaml"
         profile.write_text(profile_yaml(port))
         t1 = time.monotonic()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from collections import Counter
 
@@ -19,6 +18,7 @@ from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_arm_qemu as arm  # noqa: E402 - the arm64 root and the agent under qemu, as the benchmark runs them
+from _boards import _free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,11 @@ pytestmark = pytest.mark.slow
 def arm_agent(tmp_path_factory):
     if os.geteuid() != 0 or shutil.which("qemu-aarch64") is None:
         pytest.skip("needs root and qemu-user (make test-deps installs it as root)")
-    tree = arm.DEFAULT_ROOT / "sysroot"
-    if not (tree / "usr" / "lib" / "python3" / "dist-packages" / "onnxruntime").exists():
+    if not (arm.DEFAULT_ROOT / "sysroot" / "usr" / "lib" / "python3" / "dist-packages" / "onnxruntime").exists():
         pytest.skip(f"no arm64 root at {arm.DEFAULT_ROOT}: `make test-deps` as root builds it")
-    agent_dir = tmp_path_factory.mktemp("arm-agent")
-    wrapper = arm.board(arm.DEFAULT_ROOT, tree, agent_dir)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    wrapper = arm.prepare(arm.DEFAULT_ROOT)  # built: nothing is fetched
+    agent_dir = arm.agent_files(tmp_path_factory.mktemp("arm-agent"))
+    port = _free_port()
     with arm.agent(arm.DEFAULT_ROOT, wrapper, agent_dir, port) as (proc, log):
         yield port, log
 
